@@ -18,6 +18,11 @@ deps: ## install uv (cached) and sync the locked Python environment into .venv
 testbin: ## build the control-plane, kwok and helm binaries from Go modules (cached)
 	@hack/testbin >/dev/null
 
+.PHONY: generate
+generate: deps ## regenerate crds/ and docs/api.md from the models
+	$(VENV)/helmfile-operator crds --output-dir crds
+	$(VENV)/helmfile-operator docs --output docs/api.md
+
 .PHONY: lint
 lint: deps ## ruff lint and format check
 	$(VENV)/ruff check .

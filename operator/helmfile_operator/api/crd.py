@@ -1,0 +1,205 @@
+"""CustomResourceDefinitions generated from the pydantic models.
+
+pydantic emits JSON Schema; Kubernetes wants a *structural* OpenAPI v3 schema. The conversion
+inlines `$ref`s, turns `Optional[X]` into `X` + `nullable`, keeps `Any`-typed values as
+`x-kubernetes-preserve-unknown-fields`, and drops what the API server refuses (`title`,
+`examples`, `additionalProperties: false`, `const`).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from helmfile_operator.api.models import (
+    GROUP,
+    VERSION,
+    HelmfileReleaseSpec,
+    HelmfileReleaseStatus,
+    HelmfileStateSpec,
+    HelmfileStateStatus,
+)
+
+Schema = dict[str, Any]
+_DROPPED_KEYS = {"title", "examples"}
+
+
+def _structural(node: Any, defs: dict[str, Schema]) -> Any:
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[1]])
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    node = dict(node)
+    any_of = node.pop("anyOf", None)
+    if any_of is not None:
+        non_null = [option for option in any_of if option.get("type") != "null"]
+        if len(non_null) == 1:
+            node = {**_structural(non_null[0], defs), **node}
+            if len(non_null) < len(any_of):
+                node["nullable"] = True
+        else:  # a genuine union: leave it to the operator to validate
+            node["x-kubernetes-preserve-unknown-fields"] = True
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if node.get("additionalProperties") is False:
+        del node["additionalProperties"]
+    if node.get("additionalProperties") is True:
+        del node["additionalProperties"]
+        node["x-kubernetes-preserve-unknown-fields"] = True
+    result: Schema = {}
+    for key, value in node.items():
+        if key in _DROPPED_KEYS or key == "$defs":
+            continue
+        if key == "properties":
+            result[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        else:
+            result[key] = _structural(value, defs)
+    if "enum" in result and "type" not in result:
+        result["type"] = "string"
+    if not result.get("type") and not result.get("x-kubernetes-preserve-unknown-fields"):
+        # `Any`: free-form JSON (e.g. a `set` value); the API server must keep it as it is.
+        result["x-kubernetes-preserve-unknown-fields"] = True
+    if result.get("type") == "object" and "properties" not in result and (
+        "additionalProperties" not in result
+    ):
+        result["x-kubernetes-preserve-unknown-fields"] = True
+    return result
+
+
+def openapi_schema(model: type[BaseModel]) -> Schema:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema: Schema = _structural(raw, raw.get("$defs", {}))
+    return schema
+
+
+def _condition_column(name: str, condition: str, priority: int = 0) -> dict[str, Any]:
+    column: dict[str, Any] = {
+        "name": name,
+        "type": "string",
+        "jsonPath": f'.status.conditions[?(@.type=="{condition}")].status',
+    }
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+_STATUS_MESSAGE = {
+    "name": "Status",
+    "type": "string",
+    "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
+    "priority": 1,
+}
+_AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+
+
+def _crd(
+    kind: str,
+    plural: str,
+    short: str,
+    spec: type[BaseModel],
+    status: type[BaseModel],
+    columns: list[dict[str, Any]],
+) -> dict[str, Any]:
+    spec_schema = openapi_schema(spec)
+    spec_schema.pop("description", None)
+    status_schema = openapi_schema(status)
+    status_schema.pop("description", None)
+    if kind == "HelmfileState":
+        # Release names are unique within a state: a list-map gives a native, cheap check.
+        releases = spec_schema["properties"]["releases"]
+        releases["x-kubernetes-list-type"] = "map"
+        releases["x-kubernetes-list-map-keys"] = ["name"]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short],
+                "categories": ["helmfile"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (spec.__doc__ or kind).strip().splitlines()[0],
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def custom_resource_definitions() -> list[dict[str, Any]]:
+    state = _crd(
+        "HelmfileState",
+        "helmfilestates",
+        "hfs",
+        HelmfileStateSpec,
+        HelmfileStateStatus,
+        [
+            _condition_column("Ready", "Ready"),
+            {"name": "Environment", "type": "string", "jsonPath": ".status.environment"},
+            {"name": "Releases", "type": "integer", "jsonPath": ".status.counts.total"},
+            {"name": "Ready-Releases", "type": "integer", "jsonPath": ".status.counts.ready"},
+            _STATUS_MESSAGE,
+            _AGE,
+        ],
+    )
+    release = _crd(
+        "HelmfileRelease",
+        "helmfilereleases",
+        "hfr",
+        HelmfileReleaseSpec,
+        HelmfileReleaseStatus,
+        [
+            {"name": "Release", "type": "string", "jsonPath": ".spec.releaseName"},
+            {"name": "Target", "type": "string", "jsonPath": ".spec.targetNamespace"},
+            {"name": "Chart", "type": "string", "jsonPath": ".status.chartName"},
+            {"name": "Version", "type": "string", "jsonPath": ".status.chartVersion"},
+            {"name": "Revision", "type": "integer", "jsonPath": ".status.revision"},
+            _condition_column("Ready", "Ready"),
+            _condition_column("Drifted", "Drifted"),
+            _STATUS_MESSAGE,
+            _AGE,
+        ],
+    )
+    return [state, release]
+
+
+def crd_files() -> dict[str, str]:
+    """File name → YAML, as committed in `crds/` and the chart."""
+    header = "# Generated by `helmfile-operator crds` from the pydantic models. Do not edit.\n"
+    return {
+        f"{crd['spec']['group']}_{crd['spec']['names']['plural']}.yaml": header
+        + yaml.safe_dump(crd, sort_keys=False, width=100)
+        for crd in custom_resource_definitions()
+    }

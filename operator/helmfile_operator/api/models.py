@@ -1,0 +1,354 @@
+"""The API: pydantic models of HelmfileState and HelmfileRelease (group helmfile.dev, v1alpha1).
+
+These models are the single source of truth: the CRDs in `crds/` and `docs/api.md` are generated
+from them (see `crd.py`), and the controllers parse every object through them.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "helmfile.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# Helm stores a release in a Secret named sh.helm.release.v1.<name>.v<rev>: 53 characters is its limit.
+HELM_RELEASE_NAME_MAX = 53
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Go duration as Kubernetes and helm accept it: "300s", "10m", "1h30m".
+DURATION = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+MAX_RELEASES = 2000
+
+Duration = Annotated[str, Field(pattern=DURATION, examples=["300s", "10m"])]
+Values = dict[str, Any]
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds in a Go-style duration string (validated by the DURATION pattern)."""
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(duration))
+
+
+class Model(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are errors, not silently lost."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON shape Kubernetes stores: aliases, no unset optionals."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- shared pieces -----------------------------------------------------------------------------
+
+
+class ValuesReference(Model):
+    """Values read from a ConfigMap or Secret key at helm time. Secret content never reaches a CR."""
+
+    kind: Literal["ConfigMap", "Secret"]
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(default="values.yaml", min_length=1)
+    optional: bool = Field(
+        default=False, description="A missing object or key is skipped instead of an error."
+    )
+
+
+class SetValue(Model):
+    """One value at a dotted path, applied after every other source (like `helm --set`)."""
+
+    name: str = Field(min_length=1, description="Dotted path, e.g. `model.threshold`.")
+    value: Any = Field(description="Any JSON value; strings stay strings.")
+
+
+class DriftMode(StrEnum):
+    DISABLED = "disabled"
+    WARN = "warn"
+    CORRECT = "correct"
+
+
+class DriftIgnoreTarget(Model):
+    kind: str | None = None
+    name: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+
+
+class DriftIgnoreRule(Model):
+    paths: list[str] = Field(min_length=1, description="JSON pointers, e.g. `/spec/replicas`.")
+    target: DriftIgnoreTarget | None = None
+
+
+class DriftDetection(Model):
+    mode: DriftMode = DriftMode.DISABLED
+    ignore: list[DriftIgnoreRule] = Field(default_factory=list)
+
+
+class HelmOptions(Model):
+    """Options of `helm upgrade --install`; per-release fields override the state's helmDefaults."""
+
+    wait: bool | None = Field(default=None, description="Wait until resources are ready.")
+    wait_for_jobs: bool | None = None
+    atomic: bool | None = Field(
+        default=None, description="Roll back a failed upgrade (a failed install is uninstalled)."
+    )
+    timeout: Duration | None = None
+    create_namespace: bool | None = None
+    history_max: int | None = Field(default=None, ge=0)
+    retries: int | None = Field(
+        default=None, ge=0, description="Failed attempts of one spec before the release is Stalled."
+    )
+
+
+DEFAULT_HELM_OPTIONS = HelmOptions(
+    wait=True,
+    wait_for_jobs=False,
+    atomic=True,
+    timeout="300s",
+    create_namespace=True,
+    history_max=10,
+    retries=3,
+)
+
+
+def merge_helm_options(*layers: HelmOptions | None) -> HelmOptions:
+    """Later layers win field by field; unset (None) fields fall through."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer is not None:
+            merged.update(layer.model_dump(exclude_none=True))
+    return HelmOptions(**merged)
+
+
+# --- HelmfileState ------------------------------------------------------------------------------
+
+
+class Repository(Model):
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    url: str = Field(
+        pattern=r"^(https?|oci)://.+", description="`http(s)://` chart repository or `oci://` prefix."
+    )
+    secret_ref: str | None = Field(
+        default=None, description="Secret with `username` and `password` (same namespace)."
+    )
+    ca_secret_ref: str | None = Field(default=None, description="Secret with `ca.crt`.")
+    insecure_skip_tls_verify: bool = False
+
+
+class EnvironmentValuesReference(ValuesReference):
+    """Environment values feed templates whose output is stored in HelmfileRelease specs, so they
+    may only come from ConfigMaps: Secret data belongs in a release's `valuesFrom`."""
+
+    kind: Literal["ConfigMap"]
+
+
+class Environment(Model):
+    values: list[Values] = Field(default_factory=list)
+    values_from: list[EnvironmentValuesReference] = Field(default_factory=list)
+
+
+class ReleaseTemplate(Model):
+    """One release of a state, before rendering."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=HELM_RELEASE_NAME_MAX)
+    namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, max_length=63, description="Default: the state's."
+    )
+    chart: str = Field(
+        min_length=1, description="`<repository>/<chart>` or a full `oci://` reference."
+    )
+    version: str | None = Field(default=None, description="Exact version or semver range.")
+    condition: str | None = Field(
+        default=None, description="Path into environment values, e.g. `redis.enabled`."
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+    values: list[Values] = Field(default_factory=list)
+    values_template: list[str] = Field(
+        default_factory=list, description="Jinja2 templates rendering to YAML maps."
+    )
+    values_from: list[ValuesReference] = Field(default_factory=list)
+    set: list[SetValue] = Field(default_factory=list)
+    needs: list[str] = Field(
+        default_factory=list, description="Releases installed first: `name` or `namespace/name`."
+    )
+    installed: bool = True
+    helm: HelmOptions | None = Field(default=None, description="Overrides of helmDefaults.")
+    drift_detection: DriftDetection | None = None
+
+
+class DeletionPolicy(StrEnum):
+    UNINSTALL = "Uninstall"
+    KEEP = "Keep"
+
+
+class HelmfileStateSpec(Model):
+    """HelmfileState: many Helm releases with environments, templated values and `needs` order."""
+
+    environment: str = "default"
+    environments: dict[str, Environment] = Field(default_factory=dict)
+    repositories: list[Repository] = Field(default_factory=list)
+    helm_defaults: HelmOptions | None = None
+    interval: Duration = "10m"
+    suspend: bool = False
+    service_account_name: str | None = None
+    drift_detection: DriftDetection | None = None
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.UNINSTALL,
+        description="`Keep` leaves the Helm releases installed when the state is deleted.",
+    )
+    releases: list[ReleaseTemplate] = Field(default_factory=list, max_length=MAX_RELEASES)
+
+    @field_validator("releases")
+    @classmethod
+    def _unique_release_ids(cls, releases: list[ReleaseTemplate]) -> list[ReleaseTemplate]:
+        # Unique by name alone (not namespace/name): `needs: [redis]` must never be ambiguous, and
+        # the CRD enforces the same with a list-map keyed by name.
+        seen: set[str] = set()
+        for release in releases:
+            if release.name in seen:
+                raise ValueError(
+                    f"release {release.name!r} is listed twice: release names must be unique "
+                    "within a state"
+                )
+            seen.add(release.name)
+        return releases
+
+
+# --- HelmfileRelease ----------------------------------------------------------------------------
+
+
+class ChartRepository(Model):
+    url: str = Field(pattern=r"^(https?|oci)://.+")
+    secret_ref: str | None = None
+    ca_secret_ref: str | None = None
+    insecure_skip_tls_verify: bool = False
+
+
+class ChartReference(Model):
+    repository: ChartRepository
+    name: str = Field(min_length=1)
+    version: str | None = None
+
+    @property
+    def is_oci(self) -> bool:
+        return self.repository.url.startswith("oci://")
+
+
+class HelmfileReleaseSpec(Model):
+    """HelmfileRelease: one Helm release, rendered from a HelmfileState or written by hand."""
+
+    release_name: str = Field(pattern=DNS_LABEL, max_length=HELM_RELEASE_NAME_MAX)
+    target_namespace: str = Field(pattern=DNS_LABEL, max_length=63)
+    chart: ChartReference
+    values: Values = Field(
+        default_factory=dict, description="Rendered values. Never holds data read from Secrets."
+    )
+    values_from: list[ValuesReference] = Field(default_factory=list)
+    set: list[SetValue] = Field(default_factory=list)
+    helm: HelmOptions | None = None
+    needs: list[str] = Field(
+        default_factory=list, description="HelmfileRelease names (same namespace) to be Ready first."
+    )
+    installed: bool = True
+    suspend: bool = False
+    interval: Duration = "10m"
+    service_account_name: str | None = None
+    drift_detection: DriftDetection | None = None
+
+    def helm_options(self) -> HelmOptions:
+        return merge_helm_options(DEFAULT_HELM_OPTIONS, self.helm)
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class LastAttempt(Model):
+    action: str
+    digest: str
+    result: Literal["succeeded", "failed"]
+    duration_seconds: float
+    time: str
+    message: str = ""
+
+
+class HistoryEntry(Model):
+    revision: int
+    chart_version: str
+    digest: str
+    status: str
+    time: str
+
+
+class InventoryEntry(Model):
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None = None
+
+
+class HelmfileReleaseStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    revision: int | None = None
+    chart_name: str | None = None
+    chart_version: str | None = None
+    app_version: str | None = None
+    values_digest: str | None = None
+    last_applied_digest: str | None = None
+    last_applied_time: str | None = None
+    last_attempted: LastAttempt | None = None
+    failures: int = 0
+    last_handled_reconcile_at: str | None = None
+    history: list[HistoryEntry] = Field(default_factory=list)
+    inventory: list[InventoryEntry] = Field(default_factory=list)
+
+
+class ReleaseSummary(Model):
+    name: str
+    namespace: str
+    ready: bool
+    revision: int | None = None
+    chart_version: str | None = None
+    drifted: bool = False
+    message: str = ""
+
+
+class ReleaseCounts(Model):
+    total: int = 0
+    ready: int = 0
+    failed: int = 0
+    pending: int = 0
+    disabled: int = 0
+
+
+class HelmfileStateStatus(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    environment: str | None = None
+    plan: list[list[str]] = Field(
+        default_factory=list, description="Release ids in topological groups (`needs` order)."
+    )
+    releases: list[ReleaseSummary] = Field(default_factory=list)
+    counts: ReleaseCounts = Field(default_factory=ReleaseCounts)
+    last_handled_reconcile_at: str | None = None

@@ -1,0 +1,66 @@
+"""The `helmfile-operator` command: run the operator, print CRDs, regenerate docs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from helmfile_operator import __version__
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from helmfile_operator.api.crd import crd_files
+
+    files = crd_files()
+    if args.output_dir is None:
+        sys.stdout.write("---\n".join(files.values()))
+        return 0
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.output_dir / name).write_text(text)
+    return 0
+
+
+def _docs(args: argparse.Namespace) -> int:
+    from helmfile_operator.api.docs import api_reference
+
+    text = api_reference()
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text)
+    return 0
+
+
+def _version(_: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helmfile-operator", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    crds = commands.add_parser("crds", help="print (or write) the CustomResourceDefinitions")
+    crds.add_argument("--output-dir", type=Path, help="write one file per CRD into this directory")
+    crds.set_defaults(handler=_crds)
+
+    docs = commands.add_parser("docs", help="print (or write) the API reference in Markdown")
+    docs.add_argument("--output", type=Path, help="write to this file instead of stdout")
+    docs.set_defaults(handler=_docs)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
