@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real Kubernetes control plane on loopback, built from Go modules (see hack/testbin).
 
-    hack/testbed up       start etcd, kube-apiserver, controller-manager, scheduler, kwok + fake nodes
+    hack/testbed up       start etcd, apiserver, controller-manager, scheduler, kwok + fake nodes
     hack/testbed down     stop exactly the processes `up` started (from their pid files)
     hack/testbed status   say what runs
     hack/testbed env      print `export KUBECONFIG=... PATH=...` for a shell
@@ -38,11 +38,13 @@ CONTEXT_NAME = "helmfile-operator-testbed"
 FAKE_NODES = ("kwok-node-0", "kwok-node-1")
 # Processes in start order; `down` stops them in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Started on top by `make demo` (hack/demo.py); `down` stops them first.
+EXTRAS = ("chart-repo", "operator")
 SERVICE_CIDR = "10.96.0.0/16"
 
 
 class TestbedError(RuntimeError):
-    """The test bed could not be brought up; the message says which component and where its log is."""
+    """The test bed could not come up; the message names the component and its log file."""
 
 
 def testbin_dir() -> Path:
@@ -127,10 +129,11 @@ class Testbed:
         return pid
 
     def status(self) -> dict[str, int | None]:
-        return {component: self.running_pid(component) for component in COMPONENTS}
+        return {component: self.running_pid(component) for component in COMPONENTS + EXTRAS}
 
     def is_up(self) -> bool:
-        return all(self.status().values()) and self.kubeconfig.exists() and self._ready()
+        running = all(self.running_pid(component) for component in COMPONENTS)
+        return running and self.kubeconfig.exists() and self._ready()
 
     # -- up -------------------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class Testbed:
         """Start whatever is not running. Idempotent: a healthy test bed is left as it is."""
         if self.is_up():
             return
-        if any(self.status().values()):
+        if any(self.running_pid(component) for component in COMPONENTS):
             self.down()  # half up (e.g. a crashed component): restart cleanly, keep etcd data
         bins = testbin_dir()
         for directory in (self.pki, self.logs, self.run_dir, self.root / "etcd"):
@@ -204,7 +207,7 @@ class Testbed:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--use-service-account-credentials=false",
                 # Nothing here runs real kubelets or clouds; these controllers would only add noise.
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-route,-service",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-route,-service",
                 "--concurrent-deployment-syncs=10",
                 "--concurrent-replicaset-syncs=10",
                 "--v=0",
@@ -228,6 +231,7 @@ class Testbed:
             bins / "kwok",
             [
                 f"--kubeconfig={self.kubeconfig}",
+                f"--config={bins / 'kwok-stages.yaml'}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-ip=127.0.0.1",
@@ -238,7 +242,9 @@ class Testbed:
         self._create_nodes(bins)
         self._wait(self._nodes_ready, timeout, "fake nodes did not become Ready", "kwok")
         self._wait(
-            self._default_service_account, timeout, "default ServiceAccount missing",
+            self._default_service_account,
+            timeout,
+            "default ServiceAccount missing",
             "kube-controller-manager",
         )
 
@@ -247,7 +253,7 @@ class Testbed:
     def down(self, timeout: float = 20.0) -> list[str]:
         """Stop the processes recorded in the pid files, newest first. Returns what was stopped."""
         stopped = []
-        for component in reversed(COMPONENTS):
+        for component in reversed(COMPONENTS + EXTRAS):
             pid = self.running_pid(component)
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
@@ -274,7 +280,16 @@ class Testbed:
             "PATH": f"{bins}{os.pathsep}{os.environ.get('PATH', '')}",
         }
 
-    def _start(self, component: str, binary: Path, args: list[str]) -> None:
+    def start_process(
+        self, component: str, binary: Path, args: list[str], env: dict[str, str] | None = None
+    ) -> None:
+        """Start a process that `down` will stop (used for the demo's chart repo and operator)."""
+        if self.running_pid(component) is None:
+            self._start(component, binary, args, env)
+
+    def _start(
+        self, component: str, binary: Path, args: list[str], env: dict[str, str] | None = None
+    ) -> None:
         log = (self.logs / f"{component}.log").open("ab")
         # A new session: the process outlives `hack/testbed up` and ignores the terminal's ^C.
         process = subprocess.Popen(
@@ -283,6 +298,7 @@ class Testbed:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.root,
+            env=env,
             start_new_session=True,
         )
         log.close()
@@ -293,13 +309,15 @@ class Testbed:
         assert callable(check)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for name in COMPONENTS:
+            for name in COMPONENTS + EXTRAS:
                 if self.pid_file(name).exists() and self.running_pid(name) is None:
                     raise TestbedError(f"{name} exited; see {self.logs / (name + '.log')}")
             if check():
                 return
             time.sleep(0.2)
-        raise TestbedError(f"{message} within {timeout:.0f}s; see {self.logs / (component + '.log')}")
+        raise TestbedError(
+            f"{message} within {timeout:.0f}s; see {self.logs / (component + '.log')}"
+        )
 
     def _token(self) -> str:
         return (self.pki / "admin.token").read_text().strip()
@@ -333,7 +351,10 @@ class Testbed:
             node["metadata"]["name"]
             for node in json.loads(body)["items"]
             for condition in node.get("status", {}).get("conditions", [])
-            if condition["type"] == "Ready" and condition["status"] == "True"
+            if condition["type"] == "Ready"
+            and condition["status"] == "True"
+            # The node lifecycle controller lifts the not-ready taint only after Ready.
+            and not node.get("spec", {}).get("taints")
         }
         return set(FAKE_NODES) <= ready
 
@@ -398,7 +419,7 @@ class Testbed:
         self.kubeconfig.chmod(0o600)
 
     def _write_pki(self) -> None:
-        """A CA, a serving certificate for 127.0.0.1, the ServiceAccount key pair, an admin token."""
+        """A CA, a serving certificate for 127.0.0.1, the ServiceAccount keys, an admin token."""
         if (self.pki / "apiserver.crt").exists():
             return
         from cryptography import x509
@@ -418,7 +439,9 @@ class Testbed:
 
         now = datetime.datetime.now(datetime.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "helmfile-operator-testbed-ca")])
+        ca_name = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, "helmfile-operator-testbed-ca")]
+        )
         ca_cert = (
             x509.CertificateBuilder()
             .subject_name(ca_name)
@@ -430,9 +453,15 @@ class Testbed:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -495,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             testbed.up()
-            print(f"test bed is up; run: eval \"$({sys.argv[0]} env)\"", file=sys.stderr)
+            print('test bed is up; run: eval "$(hack/testbed env)"', file=sys.stderr)
         elif args.command == "down":
             stopped = testbed.down()
             print("stopped: " + (", ".join(stopped) or "nothing was running"), file=sys.stderr)

@@ -1,4 +1,4 @@
-"""helmfile-operator: helmfile's model (environments, templated values, needs) as Kubernetes resources."""
+"""helmfile-operator: helmfile's model (environments, templated values, needs) in Kubernetes."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -34,6 +34,33 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    import kopf
+
+    from helmfile_operator.logs import configure_logging
+    from helmfile_operator.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if args.namespace:
+        overrides["namespaces"] = args.namespace
+    if args.verbose:
+        overrides["verbose"] = True
+    if args.log_format:
+        overrides["log_format"] = args.log_format
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    configure_logging(settings.log_format, settings.verbose)
+    import helmfile_operator.controllers.handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,  # one replica (Deployment strategy Recreate): no peering needed
+        clusterwide=not settings.namespaces,
+        namespaces=settings.namespaces,
+        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0
+
+
 def _version(_: argparse.Namespace) -> int:
     print(__version__)
     return 0
@@ -43,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="helmfile-operator", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the operator against the current cluster")
+    run.add_argument(
+        "--namespace", action="append", help="watch only this namespace (repeatable); default: all"
+    )
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.add_argument("--log-format", choices=["text", "json"], help="default: text")
+    run.set_defaults(handler=_run)
 
     crds = commands.add_parser("crds", help="print (or write) the CustomResourceDefinitions")
     crds.add_argument("--output-dir", type=Path, help="write one file per CRD into this directory")

@@ -66,8 +66,10 @@ def _structural(node: Any, defs: dict[str, Schema]) -> Any:
     if not result.get("type") and not result.get("x-kubernetes-preserve-unknown-fields"):
         # `Any`: free-form JSON (e.g. a `set` value); the API server must keep it as it is.
         result["x-kubernetes-preserve-unknown-fields"] = True
-    if result.get("type") == "object" and "properties" not in result and (
-        "additionalProperties" not in result
+    if (
+        result.get("type") == "object"
+        and "properties" not in result
+        and ("additionalProperties" not in result)
     ):
         result["x-kubernetes-preserve-unknown-fields"] = True
     return result

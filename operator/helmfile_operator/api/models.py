@@ -17,7 +17,7 @@ GROUP = "helmfile.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Helm stores a release in a Secret named sh.helm.release.v1.<name>.v<rev>: 53 characters is its limit.
+# Helm stores releases in Secrets named sh.helm.release.v1.<name>.v<rev>: hence 53 characters.
 HELM_RELEASE_NAME_MAX = 53
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Go duration as Kubernetes and helm accept it: "300s", "10m", "1h30m".
@@ -52,7 +52,7 @@ class Model(BaseModel):
 
 
 class ValuesReference(Model):
-    """Values read from a ConfigMap or Secret key at helm time. Secret content never reaches a CR."""
+    """Values read from a ConfigMap or Secret key at helm time; Secret data never reaches a CR."""
 
     kind: Literal["ConfigMap", "Secret"]
     name: str = Field(min_length=1, max_length=253)
@@ -134,7 +134,8 @@ def merge_helm_options(*layers: HelmOptions | None) -> HelmOptions:
 class Repository(Model):
     name: str = Field(pattern=DNS_LABEL, max_length=63)
     url: str = Field(
-        pattern=r"^(https?|oci)://.+", description="`http(s)://` chart repository or `oci://` prefix."
+        pattern=r"^(https?|oci)://.+",
+        description="`http(s)://` chart repository or `oci://` prefix.",
     )
     secret_ref: str | None = Field(
         default=None, description="Secret with `username` and `password` (same namespace)."
@@ -255,7 +256,8 @@ class HelmfileReleaseSpec(Model):
     set: list[SetValue] = Field(default_factory=list)
     helm: HelmOptions | None = None
     needs: list[str] = Field(
-        default_factory=list, description="HelmfileRelease names (same namespace) to be Ready first."
+        default_factory=list,
+        description="HelmfileRelease names (same namespace) to be Ready first.",
     )
     installed: bool = True
     suspend: bool = False

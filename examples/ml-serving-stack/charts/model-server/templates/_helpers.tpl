@@ -1,0 +1,6 @@
+{{- define "model-server.labels" -}}
+app.kubernetes.io/name: model-server
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: ml-serving-stack
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}

@@ -1,0 +1,169 @@
+"""Thin kopf handlers. Watch events update the release index and feed the work queue; workers
+run the reconcilers (reconcile/state.py, reconcile/release.py).
+
+Why a work queue instead of kopf's change handlers: the state machine must run as "determine the
+state, act once, re-evaluate", wake a release the moment one of its `needs` turns Ready, retry with
+its own backoff, and never run two passes of one object at once — a keyed queue fed by
+`kopf.on.event` expresses exactly that (see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+import kopf
+
+from helmfile_operator.api.models import GROUP, VERSION
+from helmfile_operator.helm.client import HelmClient
+from helmfile_operator.kube import Kube
+from helmfile_operator.reconcile.conditions import body_is_ready
+from helmfile_operator.reconcile.context import (
+    RECONCILE_REQUEST,
+    STATE_LABEL,
+    IndexedRelease,
+    ObjectKey,
+    Reconciler,
+)
+from helmfile_operator.reconcile.release import reconcile_release
+from helmfile_operator.reconcile.state import reconcile_state
+from helmfile_operator.reconcile.workqueue import WorkQueue
+from helmfile_operator.settings import Settings
+
+logger = logging.getLogger("helmfile_operator")
+
+# What makes an object worth a pass: spec (generation), deletion, finalizers, a reconcile request.
+# Status-only updates (our own writes) are not.
+_signatures: dict[ObjectKey, tuple[Any, ...]] = {}
+_failures: dict[ObjectKey, int] = {}
+
+
+def _signature(body: kopf.Body) -> tuple[Any, ...]:
+    metadata = body.get("metadata", {})
+    return (
+        metadata.get("generation"),
+        metadata.get("deletionTimestamp"),
+        tuple(metadata.get("finalizers") or ()),
+        (metadata.get("annotations") or {}).get(RECONCILE_REQUEST),
+    )
+
+
+def _key(kind: str, body: kopf.Body) -> ObjectKey:
+    metadata = body["metadata"]
+    return ObjectKey(kind, metadata["namespace"], metadata["name"])  # type: ignore[arg-type]
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    operator_settings: Settings = memo["settings"]
+    settings.posting.level = logging.WARNING  # our own Events are explicit (kopf.event)
+    settings.watching.server_timeout = 300
+    # The Kubernetes client is synchronous; it runs in threads, enough for every worker.
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(
+            max_workers=operator_settings.max_concurrent_reconciles + 8,
+            thread_name_prefix="kube",
+        )
+    )
+    queue: WorkQueue[ObjectKey] = WorkQueue()
+    reconciler = Reconciler(
+        kube=Kube.from_environment(),
+        helm=HelmClient(
+            operator_settings.helm_binary, max_concurrency=operator_settings.max_concurrent_helm
+        ),
+        settings=operator_settings,
+        queue=queue,
+    )
+    memo["reconciler"] = reconciler
+    memo["workers"] = asyncio.create_task(
+        queue.run_workers(operator_settings.max_concurrent_reconciles, _processor(reconciler)),
+        name="workers",
+    )
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    workers: asyncio.Task[None] | None = memo.get("workers")
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is not None:
+        reconciler.queue.shutdown()
+    if workers is not None:
+        workers.cancel()
+        await asyncio.gather(workers, return_exceptions=True)
+
+
+def _processor(reconciler: Reconciler) -> Any:
+    async def process(key: ObjectKey) -> None:
+        try:
+            if key.kind == "HelmfileState":
+                await reconcile_state(reconciler, key)
+            else:
+                await reconcile_release(reconciler, key)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # One bad object must never stop the others: log, back off, try again.
+            failures = _failures[key] = _failures.get(key, 0) + 1
+            delay = reconciler.backoff(failures)
+            logger.exception(
+                "%s: reconcile failed (attempt %d), retrying in %.0fs", key, failures, delay
+            )
+            reconciler.queue.add_after(key, delay)
+        else:
+            _failures.pop(key, None)
+
+    return process
+
+
+@kopf.on.event(GROUP, VERSION, "helmfilestates")
+def state_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is None:
+        return
+    key = _key("HelmfileState", body)
+    if event["type"] == "DELETED":
+        _signatures.pop(key, None)
+        reconciler.queue.forget(key)
+        return
+    signature = _signature(body)
+    if _signatures.get(key) != signature:
+        _signatures[key] = signature
+        reconciler.queue.add(key)
+
+
+@kopf.on.event(GROUP, VERSION, "helmfilereleases")
+def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is None:
+        return
+    key = _key("HelmfileRelease", body)
+    index = reconciler.index
+    state = (body["metadata"].get("labels") or {}).get(STATE_LABEL)
+    previous = index.get(key.namespace, key.name)
+    if event["type"] == "DELETED":
+        index.releases.pop((key.namespace, key.name), None)
+        _signatures.pop(key, None)
+        reconciler.queue.forget(key)
+        # Releases it needed may be waiting for it to go (reverse-order uninstall).
+        for need in previous.needs if previous else ():
+            reconciler.queue.add(ObjectKey("HelmfileRelease", key.namespace, need))
+    else:
+        entry = IndexedRelease(
+            ready=body_is_ready(body),
+            needs=tuple((body.get("spec") or {}).get("needs") or ()),
+            state=state,
+        )
+        index.releases[(key.namespace, key.name)] = entry
+        signature = _signature(body)
+        if _signatures.get(key) != signature:
+            _signatures[key] = signature
+            reconciler.queue.add(key)
+        if previous is None or previous.ready != entry.ready:
+            # Wake what waits on this release now, not at its next resync.
+            for dependent in index.dependents(key.namespace, key.name):
+                reconciler.queue.add(ObjectKey("HelmfileRelease", key.namespace, dependent))
+    if state:
+        reconciler.queue.add(ObjectKey("HelmfileState", key.namespace, state))

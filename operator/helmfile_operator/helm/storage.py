@@ -1,0 +1,144 @@
+"""Reading Helm's release storage (the default Secret driver) without running helm.
+
+Helm 3 and Helm 4 store every revision of a release in a Secret named
+`sh.helm.release.v1.<release>.v<revision>` of type `helm.sh/release.v1`, labelled
+`owner=helm`, `name=<release>`, `version=<revision>`, `status=<status>`. Its `release` key holds
+base64(gzip(JSON of the release)); the Kubernetes API adds its own base64 around `.data` values.
+
+The decoded JSON holds the release's values (`config`) and manifest, which may carry secrets:
+`StoredRelease` keeps the manifest out of its repr and drops the values altogether.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+HELM_SECRET_TYPE = "helm.sh/release.v1"  # noqa: S105 - a Secret type, not a password
+OWNER_LABEL_VALUE = "helm"
+_GZIP_MAGIC = b"\x1f\x8b\x08"
+
+
+class StorageDecodeError(ValueError):
+    """A Helm storage Secret whose content is not a Helm release."""
+
+
+@dataclass(frozen=True)
+class StoredRelease:
+    name: str
+    namespace: str
+    revision: int
+    status: str
+    chart_name: str
+    chart_version: str
+    app_version: str
+    manifest: str = field(repr=False)
+    description: str = ""
+    last_deployed: str | None = None
+
+
+def secret_name(release: str, revision: int) -> str:
+    return f"sh.helm.release.v1.{release}.v{revision}"
+
+
+def label_selector(release: str) -> str:
+    """The label selector of a release's storage Secrets."""
+    return f"owner={OWNER_LABEL_VALUE},name={release}"
+
+
+def decode_release_json(data_release_b64: str) -> dict[str, Any]:
+    """The release JSON (values included: handle with care) from a Secret's `.data.release`."""
+    try:
+        helm_encoded = base64.b64decode(data_release_b64, validate=True)
+        raw = base64.b64decode(helm_encoded, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise StorageDecodeError(f"release data is not base64: {error}") from None
+    if raw[:3] == _GZIP_MAGIC:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as error:
+            raise StorageDecodeError(f"release data is not valid gzip: {error}") from None
+    try:
+        release = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise StorageDecodeError("release data is not JSON") from None
+    if not isinstance(release, dict):
+        raise StorageDecodeError("release data is not a JSON object")
+    return release
+
+
+def decode_release(data_release_b64: str) -> StoredRelease:
+    """The summary of a release from a Secret's `.data.release` (Kubernetes base64)."""
+    release = decode_release_json(data_release_b64)
+    info = _mapping(release.get("info"))
+    metadata = _mapping(_mapping(release.get("chart")).get("metadata"))
+    try:
+        revision = int(release.get("version") or 0)
+    except (TypeError, ValueError):
+        raise StorageDecodeError("release version is not a number") from None
+    last_deployed = info.get("last_deployed")
+    return StoredRelease(
+        name=str(release.get("name") or ""),
+        namespace=str(release.get("namespace") or ""),
+        revision=revision,
+        status=str(info.get("status") or ""),
+        chart_name=str(metadata.get("name") or ""),
+        chart_version=str(metadata.get("version") or ""),
+        app_version=str(metadata.get("appVersion") or ""),
+        manifest=str(release.get("manifest") or ""),
+        description=str(info.get("description") or ""),
+        last_deployed=str(last_deployed) if last_deployed else None,
+    )
+
+
+def latest_from_secrets(
+    secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
+) -> StoredRelease | None:
+    """The highest revision among storage Secrets (Kubernetes JSON objects), decoding only it."""
+    latest = _latest(secrets, release_name)
+    if latest is None:
+        return None
+    data = _mapping(latest[2].get("data")).get("release")
+    if not isinstance(data, str):
+        raise StorageDecodeError(f"storage Secret of revision {latest[0]} has no release data")
+    return decode_release(data)
+
+
+def latest_status_from_labels(
+    secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
+) -> tuple[int, str] | None:
+    """(revision, status) of the highest revision, from labels alone: nothing is decoded."""
+    latest = _latest(secrets, release_name)
+    return None if latest is None else (latest[0], latest[1])
+
+
+def _latest(
+    secrets: Iterable[Mapping[str, Any]], release_name: str | None
+) -> tuple[int, str, Mapping[str, Any]] | None:
+    best: tuple[int, str, Mapping[str, Any]] | None = None
+    for secret in secrets:
+        secret_type = secret.get("type")
+        if secret_type is not None and secret_type != HELM_SECRET_TYPE:
+            continue
+        labels = _mapping(_mapping(secret.get("metadata")).get("labels"))
+        if labels.get("owner") != OWNER_LABEL_VALUE:
+            continue
+        if release_name is not None and labels.get("name") != release_name:
+            continue
+        try:
+            revision = int(str(labels.get("version")))
+        except ValueError:
+            continue
+        if best is None or revision > best[0]:
+            best = (revision, str(labels.get("status") or ""), secret)
+    return best
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

@@ -1,0 +1,149 @@
+"""Kubernetes API access used by the reconcilers (the official client, run in worker threads).
+
+Raw JSON in and out (`_preload_content=False`): the reconcilers parse objects through the pydantic
+models, and skipping the client's model classes is both simpler and much cheaper.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from helmfile_operator.api.models import GROUP, VERSION
+
+FIELD_MANAGER = "helmfile-operator"
+STATES = "helmfilestates"
+RELEASES = "helmfilereleases"
+
+Body = dict[str, Any]
+T = TypeVar("T")
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    @classmethod
+    def from_environment(cls) -> Kube:
+        """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            configuration = client.Configuration.get_default_copy()
+        except config.ConfigException:
+            configuration = client.Configuration()
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        configuration.connection_pool_maxsize = 64
+        return cls(client.ApiClient(configuration))
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        def call() -> Any:
+            response = fn(*args, _preload_content=False, **kwargs)
+            data = response.data
+            return json.loads(data) if data else None
+
+        return await asyncio.to_thread(call)
+
+    async def _maybe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """The object, or None on 404."""
+        try:
+            return await self._call(fn, *args, **kwargs)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    # --- custom resources ---
+
+    async def get(self, plural: str, namespace: str, name: str) -> Body | None:
+        result: Body | None = await self._maybe(
+            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
+        return result
+
+    async def list_objects(
+        self, plural: str, namespace: str, label_selector: str = ""
+    ) -> list[Body]:
+        result = await self._call(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            label_selector=label_selector,
+        )
+        items: list[Body] = result["items"]
+        return items
+
+    async def apply(self, plural: str, namespace: str, body: Body) -> Body:
+        """Server-side apply: we own the fields we set, and only those."""
+        result: Body = await self._call(
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            body["metadata"]["name"],
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            _content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: Body) -> None:
+        await self._maybe(
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def patch_metadata(self, plural: str, namespace: str, name: str, metadata: Body) -> None:
+        await self._maybe(
+            self.custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            {"metadata": metadata},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def delete(self, plural: str, namespace: str, name: str) -> None:
+        await self._maybe(
+            self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+        )
+
+    # --- core objects ---
+
+    async def get_secret(self, namespace: str, name: str) -> Body | None:
+        result: Body | None = await self._maybe(self.core.read_namespaced_secret, name, namespace)
+        return result
+
+    async def get_config_map(self, namespace: str, name: str) -> Body | None:
+        result: Body | None = await self._maybe(
+            self.core.read_namespaced_config_map, name, namespace
+        )
+        return result
+
+    async def helm_storage(self, namespace: str, release: str) -> list[Body]:
+        """Helm's release Secrets (one per revision) of a release."""
+        result = await self._call(
+            self.core.list_namespaced_secret,
+            namespace,
+            label_selector=f"owner=helm,name={release}",
+        )
+        items: list[Body] = result["items"]
+        return items

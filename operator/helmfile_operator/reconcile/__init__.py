@@ -1,0 +1,1 @@
+"""Reconciliation: determine the state of an object, take one action, re-evaluate."""

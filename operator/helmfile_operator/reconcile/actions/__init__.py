@@ -1,0 +1,1 @@
+"""One module per action the release state machine can take."""

@@ -1,0 +1,20 @@
+"""installed: false, removal from the state, or deletion → uninstall."""
+
+from __future__ import annotations
+
+from helmfile_operator.reconcile.release_context import ReleaseContext
+
+
+async def uninstall(ctx: ReleaseContext, why: str) -> None:
+    """Raises HelmError when helm fails: the caller decides between retry and Stalled."""
+    await ctx.reconciler.helm.uninstall(
+        release=ctx.spec.release_name,
+        namespace=ctx.spec.target_namespace,
+        timeout_seconds=ctx.reconciler.settings.uninstall_timeout_seconds,
+        impersonate=ctx.impersonate,
+        ignore_not_found=True,
+    )
+    ctx.status.revision = None
+    ctx.status.inventory = []
+    ctx.status.last_applied_digest = None
+    ctx.event("Normal", "Uninstalled", f"uninstalled {ctx.spec.release_name} ({why})")

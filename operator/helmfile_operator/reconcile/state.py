@@ -1,0 +1,274 @@
+"""The HelmfileState reconciler: render the state into HelmfileRelease children and summarise them.
+
+A render error (bad template, cycle, unknown need or repository…) marks the state Stalled with a
+message naming the field, and touches none of the children: what is installed stays installed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from helmfile_operator.api.models import (
+    API_VERSION,
+    DeletionPolicy,
+    HelmfileReleaseStatus,
+    HelmfileStateSpec,
+    HelmfileStateStatus,
+    ReleaseCounts,
+    ReleaseSummary,
+)
+from helmfile_operator.kube import RELEASES, STATES
+from helmfile_operator.reconcile import conditions
+from helmfile_operator.reconcile.context import (
+    FINALIZER,
+    KEEP_RELEASE,
+    RECONCILE_REQUEST,
+    STATE_LABEL,
+    ObjectKey,
+    Reconciler,
+)
+from helmfile_operator.reconcile.values import ValuesSourceError, resolve_values_from
+from helmfile_operator.render.errors import RenderError
+from helmfile_operator.render.state import RenderedState, StateMeta, render_state
+
+logger = logging.getLogger("helmfile_operator.state")
+
+
+async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
+    kube = reconciler.kube
+    body = await kube.get(STATES, key.namespace, key.name)
+    if body is None:
+        return
+    metadata = body["metadata"]
+    generation = metadata.get("generation")
+    status = HelmfileStateStatus.model_validate(body.get("status") or {})
+    before = status.to_wire()
+    children = await kube.list_objects(RELEASES, key.namespace, f"{STATE_LABEL}={key.name}")
+
+    if metadata.get("deletionTimestamp"):
+        await _delete(reconciler, key, body, children)
+        return
+    if FINALIZER not in (metadata.get("finalizers") or []):
+        await kube.patch_metadata(
+            STATES,
+            key.namespace,
+            key.name,
+            {"finalizers": [*metadata.get("finalizers", []), FINALIZER]},
+        )
+
+    rendered = await _render(reconciler, key, body, status)
+    if rendered is not None:
+        children = await _apply_children(reconciler, key, body, rendered, children)
+        status.environment = rendered.environment
+        status.plan = rendered.plan
+    requested = (metadata.get("annotations") or {}).get(RECONCILE_REQUEST)
+    if requested:
+        status.last_handled_reconcile_at = requested
+    _summarise(status, children, generation, rendered is not None)
+    status.observed_generation = generation
+    if status.to_wire() != before:
+        await kube.patch_status(STATES, key.namespace, key.name, status.to_wire())
+
+
+async def _render(
+    reconciler: Reconciler, key: ObjectKey, body: dict[str, Any], status: HelmfileStateStatus
+) -> RenderedState | None:
+    metadata = body["metadata"]
+    generation = metadata.get("generation")
+    try:
+        spec = HelmfileStateSpec.model_validate(body.get("spec") or {})
+        environment = spec.environments.get(spec.environment)
+        from_config_maps = (
+            await resolve_values_from(
+                reconciler.kube,
+                key.namespace,
+                environment.values_from,
+                f"spec.environments.{spec.environment}.valuesFrom",
+            )
+            if environment
+            else []
+        )
+        meta = StateMeta(
+            name=key.name,
+            namespace=key.namespace,
+            labels=metadata.get("labels") or {},
+            annotations=metadata.get("annotations") or {},
+        )
+        return render_state(meta, spec, from_config_maps)
+    except ValidationError as error:
+        message = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
+        )
+        reason = "InvalidSpec"
+    except (RenderError, ValuesSourceError) as error:
+        message, reason = str(error), "RenderFailed"
+    stalled = conditions.find(status.conditions, conditions.STALLED)
+    status.conditions = conditions.mark_stalled(
+        status.conditions, reason, f"{message} (nothing was changed)", generation
+    )
+    if stalled is None or stalled.message != status.conditions[-1].message:
+        reconciler.event(body, "Warning", reason, message)
+    return None
+
+
+def _child_body(
+    key: ObjectKey, state: dict[str, Any], rendered: RenderedState, index: int
+) -> dict[str, Any]:
+    release = rendered.releases[index]
+    annotations = {}
+    requested = (state["metadata"].get("annotations") or {}).get(RECONCILE_REQUEST)
+    if requested:
+        annotations[RECONCILE_REQUEST] = requested
+    if state["spec"].get("deletionPolicy") == DeletionPolicy.KEEP:
+        annotations[KEEP_RELEASE] = "true"
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "HelmfileRelease",
+        "metadata": {
+            "name": release.resource_name,
+            "namespace": key.namespace,
+            "labels": {STATE_LABEL: key.name, "helmfile.dev/release": release.template_name},
+            "annotations": annotations,
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "HelmfileState",
+                    "name": key.name,
+                    "uid": state["metadata"]["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": release.spec.to_wire(),
+    }
+
+
+async def _apply_children(
+    reconciler: Reconciler,
+    key: ObjectKey,
+    body: dict[str, Any],
+    rendered: RenderedState,
+    existing: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """Create/update the desired children; delete those no longer in the state (uninstalls)."""
+    kube = reconciler.kube
+    current = {child["metadata"]["name"]: child for child in existing}
+    applied = []
+    for index, release in enumerate(rendered.releases):
+        desired = _child_body(key, body, rendered, index)
+        have = current.get(release.resource_name)
+        if have is not None and _up_to_date(have, desired):
+            applied.append(have)
+            continue
+        applied.append(await kube.apply(RELEASES, key.namespace, desired))
+    wanted = {release.resource_name for release in rendered.releases}
+    for name, child in current.items():
+        if name not in wanted and not child["metadata"].get("deletionTimestamp"):
+            await kube.delete(RELEASES, key.namespace, name)
+            reconciler.event(
+                body, "Normal", "ReleaseRemoved", f"{name} left the state: uninstalling"
+            )
+    return applied
+
+
+def _up_to_date(have: dict[str, Any], desired: dict[str, Any]) -> bool:
+    """Skip the apply (and its API call) when the child already says what we would write."""
+    metadata = have["metadata"]
+    return (
+        have.get("spec") == desired["spec"]
+        and all(
+            (metadata.get("annotations") or {}).get(k) == v
+            for k, v in desired["metadata"]["annotations"].items()
+        )
+        and (metadata.get("labels") or {}).get(STATE_LABEL)
+        == desired["metadata"]["labels"][STATE_LABEL]
+    )
+
+
+def _summarise(
+    status: HelmfileStateStatus,
+    children: list[dict[str, Any]],
+    generation: int | None,
+    rendered: bool,
+) -> None:
+    summaries = []
+    counts = ReleaseCounts(total=len(children))
+    not_ready = []
+    stalled = []
+    for child in children:
+        child_status = HelmfileReleaseStatus.model_validate(child.get("status") or {})
+        ready = conditions.body_is_ready(child)
+        ready_condition = conditions.find(child_status.conditions, conditions.READY)
+        drifted = conditions.find(child_status.conditions, conditions.DRIFTED)
+        spec = child.get("spec") or {}
+        summaries.append(
+            ReleaseSummary(
+                name=spec.get("releaseName", child["metadata"]["name"]),
+                namespace=spec.get("targetNamespace", ""),
+                ready=ready,
+                revision=child_status.revision,
+                chart_version=child_status.chart_version,
+                drifted=bool(drifted and drifted.status == "True"),
+                message=ready_condition.message if ready_condition else "",
+            )
+        )
+        if not spec.get("installed", True):
+            counts.disabled += 1
+        if ready:
+            counts.ready += 1
+        elif conditions.find(child_status.conditions, conditions.STALLED):
+            counts.failed += 1
+            stalled.append(child["metadata"]["name"])
+        else:
+            counts.pending += 1
+            not_ready.append(child["metadata"]["name"])
+    status.releases = summaries
+    status.counts = counts
+    if not rendered:
+        return  # Stalled by the render error; the summary above still shows what runs
+    if stalled:
+        status.conditions = conditions.mark_stalled(
+            status.conditions,
+            "ReleaseFailed",
+            f"{len(stalled)} release(s) failed: {', '.join(sorted(stalled))}",
+            generation,
+        )
+    elif not_ready:
+        status.conditions = conditions.mark_reconciling(
+            status.conditions,
+            "Progressing",
+            f"{counts.ready}/{counts.total} releases ready; waiting for "
+            f"{', '.join(sorted(not_ready)[:5])}{'…' if len(not_ready) > 5 else ''}",
+            generation,
+        )
+    else:
+        status.conditions = conditions.mark_ready(
+            status.conditions,
+            "Succeeded",
+            f"{counts.ready}/{counts.total} releases ready",
+            generation,
+        )
+
+
+async def _delete(
+    reconciler: Reconciler, key: ObjectKey, body: dict[str, Any], children: list[dict[str, Any]]
+) -> None:
+    """Delete every child; each uninstalls after its dependents (see reconcile/release.py)."""
+    kube = reconciler.kube
+    keep = (body.get("spec") or {}).get("deletionPolicy") == DeletionPolicy.KEEP
+    for child in children:
+        name = child["metadata"]["name"]
+        if keep and (child["metadata"].get("annotations") or {}).get(KEEP_RELEASE) != "true":
+            await kube.patch_metadata(
+                RELEASES, key.namespace, name, {"annotations": {KEEP_RELEASE: "true"}}
+            )
+        if not child["metadata"].get("deletionTimestamp"):
+            await kube.delete(RELEASES, key.namespace, name)
+    if children:
+        return  # woken again as each child disappears
+    finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
+    await kube.patch_metadata(STATES, key.namespace, key.name, {"finalizers": finalizers or None})

@@ -1,0 +1,32 @@
+"""Operator-wide settings, read from HELMFILE_OPERATOR_* environment variables and CLI flags."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HELMFILE_OPERATOR_", extra="ignore")
+
+    helm_binary: str = Field(default="helm", description="helm executable (Helm 4 or 3).")
+    max_concurrent_helm: int = Field(
+        default=8, ge=1, description="Helm processes running at once, operator-wide."
+    )
+    max_concurrent_reconciles: int = Field(
+        default=32, ge=1, description="Objects reconciled at once (most of them wait on helm)."
+    )
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty means all namespaces."
+    )
+    health_port: int = Field(default=8081, description="Port of /healthz (liveness).")
+    metrics_port: int = Field(default=8080, description="Port of /metrics.")
+    log_format: Literal["text", "json"] = "text"
+    verbose: bool = False
+    retry_base_seconds: float = Field(
+        default=5.0, gt=0, description="First retry delay after a failure; doubles each time."
+    )
+    retry_max_seconds: float = Field(default=300.0, gt=0, description="Cap of the retry delay.")
+    uninstall_timeout_seconds: float = Field(default=300.0, gt=0)
