@@ -78,12 +78,13 @@ def _pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def _pid_cmdline(pid: int) -> list[str]:
+def _pid_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot: with the pid, a unique identity."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 @dataclass
@@ -123,8 +124,7 @@ class Testbed:
         except (OSError, ValueError):
             return None
         pid = int(record["pid"])
-        cmdline = _pid_cmdline(pid)
-        if not _pid_alive(pid) or not cmdline or cmdline[0] != record["binary"]:
+        if not _pid_alive(pid) or _pid_start_time(pid) != record.get("started"):
             return None  # gone, or the pid was reused by an unrelated process
         return pid
 
@@ -302,7 +302,11 @@ class Testbed:
             start_new_session=True,
         )
         log.close()
-        record = {"pid": process.pid, "binary": str(binary)}
+        record = {
+            "pid": process.pid,
+            "binary": str(binary),
+            "started": _pid_start_time(process.pid),
+        }
         self.pid_file(component).write_text(json.dumps(record))
 
     def _wait(self, check: object, timeout: float, message: str, component: str) -> None:

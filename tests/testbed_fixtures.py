@@ -10,10 +10,13 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT / "hack"))
 
 import testbed as testbed_module  # noqa: E402
 
-CHARTS_DIR = REPO_ROOT / "tests" / "charts"
+CHART_DIRS = [REPO_ROOT / "tests" / "charts", *sorted(REPO_ROOT.glob("examples/*/charts"))]
 
 
 @dataclass
@@ -126,9 +129,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="session")
 def chart_repo(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartRepo]:
-    """tests/charts/* packaged with helm and served with an index.yaml on 127.0.0.1."""
+    """tests/charts/* and the examples' charts, packaged and served with an index on 127.0.0.1."""
     directory = tmp_path_factory.mktemp("chart-repo")
-    charts = sorted(path for path in CHARTS_DIR.iterdir() if (path / "Chart.yaml").is_file())
+    charts = sorted(
+        path for root in CHART_DIRS for path in root.iterdir() if (path / "Chart.yaml").is_file()
+    )
     cluster.run("helm", "package", *map(str, charts), "--destination", str(directory))
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -142,3 +147,145 @@ def chart_repo(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
         server.shutdown()
         server.server_close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+class OperatorProcess:
+    """`helmfile-operator run` as a subprocess (a real process: it can be SIGKILLed)."""
+
+    def __init__(self, cluster: Cluster, log_path: Path) -> None:
+        self.cluster = cluster
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.health_port = 0
+
+    def start(self) -> None:
+        self.health_port = _free_port()
+        env = {
+            **self.cluster.env,
+            "HELMFILE_OPERATOR_HEALTH_PORT": str(self.health_port),
+            # Short retry delays keep failure tests quick; production defaults are longer.
+            "HELMFILE_OPERATOR_RETRY_BASE_SECONDS": "1",
+            "HELMFILE_OPERATOR_RETRY_MAX_SECONDS": "10",
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator"), "run", "--verbose"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"operator exited; see {self.log_path}"
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
+                ) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"operator not healthy within 60s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL the operator and its helm children, as a node crash would."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def _free_port() -> int:
+    return testbed_module.free_port()
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: Cluster) -> None:
+    cluster.run("kubectl", "apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+    cluster.run("kubectl", "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, crds: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+# --- helpers for tests that drive the operator --------------------------------------------------
+
+
+def apply(cluster: Cluster, manifest: dict[str, Any]) -> None:
+    cluster.run("kubectl", "apply", "-f", "-", input=json.dumps(manifest))
+
+
+def wait_for_condition(
+    cluster: Cluster, resource: str, namespace: str, condition: str, timeout: int = 180
+) -> None:
+    cluster.run(
+        "kubectl", "wait", "-n", namespace, resource,
+        f"--for=condition={condition}", f"--timeout={timeout}s",
+        timeout=timeout + 30,
+    )  # fmt: skip
+
+
+def wait_until(predicate: Any, timeout: float = 120, message: str = "condition") -> Any:
+    """Poll a test-side predicate (the operator itself never polls)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {message}")
+
+
+def helm_releases(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    """`helm list` of a namespace (every status) by release name."""
+    listing = json.loads(cluster.run("helm", "list", "-n", namespace, "-o", "json").stdout)
+    return {release["name"]: release for release in listing}
+
+
+def helm_history(cluster: Cluster, namespace: str, release: str) -> list[dict[str, Any]]:
+    result = cluster.run("helm", "history", release, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else []
+
+
+def example_state(
+    name: str, namespace: str, repo_url: str, example: str = "ml-serving-stack"
+) -> dict[str, Any]:
+    import yaml
+
+    state: dict[str, Any] = yaml.safe_load(
+        (REPO_ROOT / "examples" / example / "state.yaml").read_text()
+    )
+    state["metadata"].update(name=name, namespace=namespace)
+    for repository in state["spec"].get("repositories", []):
+        repository["url"] = repo_url
+    return state
+
+
+def condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next(
+        (c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == type_), None
+    )

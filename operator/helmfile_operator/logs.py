@@ -34,3 +34,5 @@ def configure_logging(log_format: str, verbose: bool) -> None:
     # The Kubernetes client's debug output would print request bodies (Secrets included).
     for noisy in ("kubernetes", "urllib3", "asyncio", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # kopf logs every handler call ("Handler 'x' succeeded") at INFO
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -78,10 +78,18 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         queue=queue,
     )
     memo["reconciler"] = reconciler
-    memo["workers"] = asyncio.create_task(
-        queue.run_workers(operator_settings.max_concurrent_reconciles, _processor(reconciler)),
-        name="workers",
-    )
+
+
+def _ensure_workers(memo: kopf.Memo, reconciler: Reconciler) -> None:
+    """Start the workers from inside a watch handler: tasks inherit the handler's context, which
+    is where kopf keeps its Event poster — so `kopf.event()` works from the workers."""
+    if memo.get("workers") is None:
+        memo["workers"] = asyncio.create_task(
+            reconciler.queue.run_workers(
+                reconciler.settings.max_concurrent_reconciles, _processor(reconciler)
+            ),
+            name="workers",
+        )
 
 
 @kopf.on.cleanup()
@@ -119,10 +127,11 @@ def _processor(reconciler: Reconciler) -> Any:
 
 
 @kopf.on.event(GROUP, VERSION, "helmfilestates")
-def state_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def state_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is None:
         return
+    _ensure_workers(memo, reconciler)
     key = _key("HelmfileState", body)
     if event["type"] == "DELETED":
         _signatures.pop(key, None)
@@ -135,10 +144,11 @@ def state_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
 
 
 @kopf.on.event(GROUP, VERSION, "helmfilereleases")
-def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is None:
         return
+    _ensure_workers(memo, reconciler)
     key = _key("HelmfileRelease", body)
     index = reconciler.index
     state = (body["metadata"].get("labels") or {}).get(STATE_LABEL)

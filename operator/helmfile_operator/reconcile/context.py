@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,10 +68,13 @@ class Reconciler:
 
     def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the object (posted by kopf in the background, de-duplicated)."""
-        try:
+        metadata = body.get("metadata") or {}
+        where = f"{body.get('kind')}/{metadata.get('namespace')}/{metadata.get('name')}"
+        log = logger.warning if type_ == "Warning" else logger.info
+        log("%s: %s: %s", where, reason, message)
+        # Outside kopf's context (unit tests) there is no poster: the log line is all.
+        with contextlib.suppress(LookupError):
             kopf.event(dict(body), type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
-        except LookupError:  # outside kopf's context (unit tests): log only
-            logger.info("event %s %s: %s", type_, reason, message)
 
     def backoff(self, failures: int) -> float:
         delay = self.settings.retry_base_seconds * (2 ** max(failures - 1, 0))

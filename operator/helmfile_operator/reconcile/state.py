@@ -143,7 +143,9 @@ def _child_body(
                 }
             ],
         },
-        "spec": release.spec.to_wire(),
+        # Empty top-level fields are left out: under server-side apply, `values: {}` after a
+        # `values: {a: 1}` would become null (and fail validation) instead of empty.
+        "spec": {k: v for k, v in release.spec.to_wire().items() if v not in ({}, [])},
     }
 
 
@@ -178,8 +180,9 @@ async def _apply_children(
 def _up_to_date(have: dict[str, Any], desired: dict[str, Any]) -> bool:
     """Skip the apply (and its API call) when the child already says what we would write."""
     metadata = have["metadata"]
+    spec = {k: v for k, v in (have.get("spec") or {}).items() if v not in ({}, [])}
     return (
-        have.get("spec") == desired["spec"]
+        spec == desired["spec"]
         and all(
             (metadata.get("annotations") or {}).get(k) == v
             for k, v in desired["metadata"]["annotations"].items()
