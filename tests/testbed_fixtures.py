@@ -5,6 +5,7 @@ Kept out of conftest.py so that unit tests never import (or build) anything of t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -200,14 +201,32 @@ class OperatorProcess:
         self.process = None
 
     def kill(self) -> None:
-        """SIGKILL the operator and its helm children, as a node crash would."""
+        """SIGKILL the operator and every process under it (helm runs in sessions of its own),
+        as the end of its container would."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
+        victims = [self.process.pid, *_descendants(self.process.pid)]
+        for pid in victims:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.process.wait()
         self.process = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _free_port() -> int:
