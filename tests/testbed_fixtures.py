@@ -308,3 +308,14 @@ def condition(body: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next(
         (c for c in (body.get("status") or {}).get("conditions", []) if c["type"] == type_), None
     )
+
+
+def state_ready_at_generation(cluster: Cluster, namespace: str, name: str) -> bool:
+    """Ready=True for the state's current spec (not a Ready left over from the previous one)."""
+    body = cluster.kubectl_json("get", "hfs", name, "-n", namespace)
+    ready = condition(body, "Ready")
+    return bool(
+        ready
+        and ready["status"] == "True"
+        and body["status"].get("observedGeneration") == body["metadata"]["generation"]
+    )

@@ -17,6 +17,7 @@ from testbed_fixtures import (
     example_state,
     helm_history,
     helm_releases,
+    state_ready_at_generation,
     wait_for_condition,
     wait_until,
 )
@@ -35,16 +36,6 @@ def helm_time(value: str) -> datetime.datetime:
 def release_objects(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
     items = cluster.kubectl_json("get", "hfr", "-n", namespace)["items"]
     return {item["spec"]["releaseName"]: item for item in items}
-
-
-def state_ready_at_generation(cluster: Cluster, namespace: str, name: str) -> bool:
-    body = cluster.kubectl_json("get", "hfs", name, "-n", namespace)
-    ready = condition(body, "Ready")
-    return bool(
-        ready
-        and ready["status"] == "True"
-        and body["status"].get("observedGeneration") == body["metadata"]["generation"]
-    )
 
 
 def install_stack(cluster: Cluster, chart_repo: ChartRepo, namespace: str) -> None:
