@@ -98,7 +98,8 @@ class HelmOptions(Model):
     wait: bool | None = Field(default=None, description="Wait until resources are ready.")
     wait_for_jobs: bool | None = None
     atomic: bool | None = Field(
-        default=None, description="Roll back a failed upgrade (a failed install is uninstalled)."
+        default=None,
+        description="The operator rolls back a failed upgrade (a failed install is uninstalled).",
     )
     timeout: Duration | None = None
     create_namespace: bool | None = None
@@ -180,7 +181,7 @@ class ReleaseTemplate(Model):
     needs: list[str] = Field(
         default_factory=list, description="Releases installed first: `name` or `namespace/name`."
     )
-    installed: bool = True
+    installed: bool = Field(default=True, description="`false` uninstalls the release.")
     helm: HelmOptions | None = Field(default=None, description="Overrides of helmDefaults.")
     drift_detection: DriftDetection | None = None
 
@@ -193,13 +194,29 @@ class DeletionPolicy(StrEnum):
 class HelmfileStateSpec(Model):
     """HelmfileState: many Helm releases with environments, templated values and `needs` order."""
 
-    environment: str = "default"
-    environments: dict[str, Environment] = Field(default_factory=dict)
-    repositories: list[Repository] = Field(default_factory=list)
-    helm_defaults: HelmOptions | None = None
-    interval: Duration = "10m"
-    suspend: bool = False
-    service_account_name: str | None = None
+    environment: str = Field(
+        default="default", description="Which entry of `environments` applies."
+    )
+    environments: dict[str, Environment] = Field(
+        default_factory=dict, description="Named value sets that templates and `condition` read."
+    )
+    repositories: list[Repository] = Field(
+        default_factory=list, description="Chart repositories that `chart: <name>/<chart>` uses."
+    )
+    helm_defaults: HelmOptions | None = Field(
+        default=None, description="helm options for every release (each release may override)."
+    )
+    interval: Duration = Field(
+        default="10m", description="Resync period of every release (and of its drift check)."
+    )
+    suspend: bool = Field(
+        default=False,
+        description="Pause every release: spec changes reach the HelmfileReleases, helm runs not.",
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        description="helm runs impersonating this ServiceAccount of the state's namespace.",
+    )
     drift_detection: DriftDetection | None = None
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.UNINSTALL,
@@ -259,10 +276,12 @@ class HelmfileReleaseSpec(Model):
         default_factory=list,
         description="HelmfileRelease names (same namespace) to be Ready first.",
     )
-    installed: bool = True
-    suspend: bool = False
-    interval: Duration = "10m"
-    service_account_name: str | None = None
+    installed: bool = Field(default=True, description="`false` uninstalls and keeps it so.")
+    suspend: bool = Field(default=False, description="No helm action while `true`.")
+    interval: Duration = Field(default="10m", description="Resync period.")
+    service_account_name: str | None = Field(
+        default=None, description="helm runs impersonating this ServiceAccount (same namespace)."
+    )
     drift_detection: DriftDetection | None = None
 
     def helm_options(self) -> HelmOptions:

@@ -124,6 +124,9 @@ def _child_body(
         annotations[RECONCILE_REQUEST] = requested
     if state["spec"].get("deletionPolicy") == DeletionPolicy.KEEP:
         annotations[KEEP_RELEASE] = "true"
+    spec = release.spec.to_wire()
+    if state["spec"].get("suspend"):
+        spec["suspend"] = True  # a suspended state pauses every one of its releases
     return {
         "apiVersion": API_VERSION,
         "kind": "HelmfileRelease",
@@ -145,7 +148,7 @@ def _child_body(
         },
         # Empty top-level fields are left out: under server-side apply, `values: {}` after a
         # `values: {a: 1}` would become null (and fail validation) instead of empty.
-        "spec": {k: v for k, v in release.spec.to_wire().items() if v not in ({}, [])},
+        "spec": {k: v for k, v in spec.items() if v not in ({}, [])},
     }
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 
 from helmfile_operator.api.models import HistoryEntry, InventoryEntry, LastAttempt
 from helmfile_operator.helm.errors import HelmError
+from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secrets
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.remediate import remediate
 from helmfile_operator.reconcile.release_context import ReleaseContext
@@ -68,9 +69,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
         time=conditions.now(),
     )
     status.failures = 0
-    manifest: Any = getattr(result, "manifest", None)
-    if isinstance(manifest, str):
-        status.inventory = inventory(manifest)
+    status.inventory = await _inventory_from_storage(ctx)
     _record_history(ctx, result.revision, result.chart_version, "deployed")
     message = (
         f"{PAST[verb]} revision {result.revision} of {result.chart_name} {result.chart_version}"
@@ -122,6 +121,19 @@ async def _failed(ctx: ReleaseContext, verb: Verb, error: HelmError, duration: f
         ctx.generation,
     )
     ctx.requeue(delay)
+
+
+async def _inventory_from_storage(ctx: ReleaseContext) -> list[InventoryEntry]:
+    """The objects of the revision just deployed, from Helm's storage (helm's JSON output is
+    not read for it: it also carries the values)."""
+    try:
+        secrets = await ctx.reconciler.kube.helm_storage(
+            ctx.spec.target_namespace, ctx.spec.release_name
+        )
+        stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
+    except StorageDecodeError:
+        return []
+    return inventory(stored.manifest) if stored is not None else []
 
 
 def _record_history(ctx: ReleaseContext, revision: int, chart_version: str, state: str) -> None:
