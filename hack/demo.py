@@ -103,7 +103,11 @@ def main() -> int:
         "operator",
         REPO_ROOT / ".venv" / "bin" / "helmfile-operator",
         ["run"],
-        env={**env, "HELMFILE_OPERATOR_HEALTH_PORT": str(free_port())},
+        env={
+            **env,
+            "HELMFILE_OPERATOR_HEALTH_PORT": str(free_port()),
+            "HELMFILE_OPERATOR_METRICS_PORT": str(free_port()),
+        },
     )
 
     step(f"applying {EXAMPLE.relative_to(REPO_ROOT)}/state.yaml (repository → {url})")

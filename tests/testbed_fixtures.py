@@ -158,12 +158,15 @@ class OperatorProcess:
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.health_port = 0
+        self.metrics_port = 0
 
     def start(self) -> None:
         self.health_port = _free_port()
+        self.metrics_port = _free_port()
         env = {
             **self.cluster.env,
             "HELMFILE_OPERATOR_HEALTH_PORT": str(self.health_port),
+            "HELMFILE_OPERATOR_METRICS_PORT": str(self.metrics_port),
             # Short retry delays keep failure tests quick; production defaults are longer.
             "HELMFILE_OPERATOR_RETRY_BASE_SECONDS": "1",
             "HELMFILE_OPERATOR_RETRY_MAX_SECONDS": "10",
@@ -210,6 +213,12 @@ class OperatorProcess:
                 os.kill(pid, signal.SIGKILL)
         self.process.wait()
         self.process = None
+
+    def scrape(self) -> str:
+        """The text of /metrics."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

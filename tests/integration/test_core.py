@@ -77,6 +77,11 @@ def test_example_converges_in_needs_order(
             assert started > need_started, f"{dependent} started before {need}"
             assert started >= applied, f"{dependent} started before {need} was Ready"
 
+    inventory = {(o["kind"], o["name"]) for o in objects["model-server"]["status"]["inventory"]}
+    assert inventory == {
+        ("ConfigMap", "model-server"), ("Service", "model-server"), ("Deployment", "model-server"),
+    }  # fmt: skip
+
     # The model server got its values from the environment and the state's labels.
     values = json.loads(
         cluster.run("helm", "get", "values", "model-server", "-n", namespace, "-o", "json").stdout

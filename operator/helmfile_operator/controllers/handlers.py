@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import time
 from typing import Any
 
 import kopf
 
+from helmfile_operator import metrics
 from helmfile_operator.api.models import GROUP, VERSION
 from helmfile_operator.helm.client import HelmClient
 from helmfile_operator.kube import Kube
@@ -69,13 +71,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         )
     )
     queue: WorkQueue[ObjectKey] = WorkQueue()
+    helm = HelmClient(
+        operator_settings.helm_binary,
+        max_concurrency=operator_settings.max_concurrent_helm,
+        on_command=metrics.observe_helm,
+    )
+    # Fail at start, loudly, when helm is missing or broken — not at the first release.
+    helm_version = await helm.version()
+    metrics.set_build_info(helm_version.raw)
     reconciler = Reconciler(
-        kube=Kube.from_environment(),
-        helm=HelmClient(
-            operator_settings.helm_binary, max_concurrency=operator_settings.max_concurrent_helm
-        ),
-        settings=operator_settings,
-        queue=queue,
+        kube=Kube.from_environment(), helm=helm, settings=operator_settings, queue=queue
+    )
+    metrics.QUEUE_DEPTH.set_function(lambda: len(queue))
+    metrics.RECONCILES_IN_FLIGHT.set_function(lambda: queue.in_flight)
+    metrics.HELM_IN_FLIGHT.set_function(lambda: helm.in_flight)
+    memo["metrics_server"] = await metrics.start_server(
+        operator_settings.metrics_port, ready=lambda: memo.get("reconciler") is not None
     )
     memo["reconciler"] = reconciler
 
@@ -101,10 +112,14 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     if workers is not None:
         workers.cancel()
         await asyncio.gather(workers, return_exceptions=True)
+    server = memo.get("metrics_server")
+    if server is not None:
+        await server.cleanup()
 
 
 def _processor(reconciler: Reconciler) -> Any:
     async def process(key: ObjectKey) -> None:
+        started = time.monotonic()
         try:
             if key.kind == "HelmfileState":
                 await reconcile_state(reconciler, key)
@@ -113,6 +128,7 @@ def _processor(reconciler: Reconciler) -> Any:
         except asyncio.CancelledError:
             raise
         except Exception:
+            metrics.observe_reconcile(key.kind, "error", time.monotonic() - started)
             # One bad object must never stop the others: log, back off, try again.
             failures = _failures[key] = _failures.get(key, 0) + 1
             delay = reconciler.backoff(failures)
@@ -121,6 +137,7 @@ def _processor(reconciler: Reconciler) -> Any:
             )
             reconciler.queue.add_after(key, delay)
         else:
+            metrics.observe_reconcile(key.kind, "success", time.monotonic() - started)
             _failures.pop(key, None)
 
     return process
@@ -136,7 +153,11 @@ async def state_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **
     if event["type"] == "DELETED":
         _signatures.pop(key, None)
         reconciler.queue.forget(key)
+        metrics.forget_state(key.namespace, key.name)
         return
+    metrics.record_state(
+        key.namespace, key.name, (body.get("status") or {}).get("conditions") or []
+    )
     signature = _signature(body)
     if _signatures.get(key) != signature:
         _signatures[key] = signature
@@ -156,6 +177,7 @@ async def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     if event["type"] == "DELETED":
         index.releases.pop((key.namespace, key.name), None)
         _signatures.pop(key, None)
+        metrics.forget_release(key.namespace, key.name)
         reconciler.queue.forget(key)
         # Releases it needed may be waiting for it to go (reverse-order uninstall).
         for need in previous.needs if previous else ():
@@ -167,6 +189,9 @@ async def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
             state=state,
         )
         index.releases[(key.namespace, key.name)] = entry
+        metrics.record_release(
+            key.namespace, key.name, (body.get("status") or {}).get("conditions") or []
+        )
         signature = _signature(body)
         if _signatures.get(key) != signature:
             _signatures[key] = signature

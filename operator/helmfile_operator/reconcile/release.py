@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from helmfile_operator import metrics
 from helmfile_operator.api.models import HelmfileReleaseSpec, HelmfileReleaseStatus
 from helmfile_operator.helm.errors import HelmError
 from helmfile_operator.helm.storage import latest_status_from_labels
@@ -178,6 +179,7 @@ async def determine_state(ctx: ReleaseContext) -> State:
         if remaining > 0:
             ctx.requeue(remaining)
             return State.FAILED_WAITING
+        metrics.REMEDIATIONS.labels("retry").inc()
     elif last is not None and last.digest != ctx.digest:
         status.failures = 0  # a new spec starts with a clean slate
     return State.ABSENT if ctx.storage is None else State.OUT_OF_SYNC

@@ -7,6 +7,7 @@ from typing import Literal
 
 import yaml
 
+from helmfile_operator import metrics
 from helmfile_operator.api.models import HistoryEntry, InventoryEntry, LastAttempt
 from helmfile_operator.helm.errors import HelmError
 from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secrets
@@ -53,6 +54,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
         await _failed(ctx, verb, error, time.monotonic() - started)
         return
     duration = time.monotonic() - started
+    metrics.RELEASE_ACTIONS.labels(verb, "success").inc()
     status = ctx.status
     status.revision = result.revision
     status.chart_name = result.chart_name
@@ -86,6 +88,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
 
 async def _failed(ctx: ReleaseContext, verb: Verb, error: HelmError, duration: float) -> None:
     assert ctx.digest is not None
+    metrics.RELEASE_ACTIONS.labels(verb, "failure").inc()
     status = ctx.status
     status.failures += 1
     status.last_attempted = LastAttempt(

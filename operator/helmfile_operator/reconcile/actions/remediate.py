@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from helmfile_operator import metrics
 from helmfile_operator.helm.errors import HelmError
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.release_context import ReleaseContext
@@ -50,6 +51,7 @@ async def remediate(ctx: ReleaseContext, failed: Literal["install", "upgrade"]) 
         )
         ctx.event("Warning", "RemediationFailed", error.message)
         return
+    metrics.REMEDIATIONS.labels("uninstall" if failed == "install" else "rollback").inc()
     ctx.status.conditions = conditions.set_condition(
         ctx.status.conditions, conditions.REMEDIATED, "True", action, message, ctx.generation
     )

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from helmfile_operator import metrics
+from helmfile_operator.helm.errors import HelmError
 from helmfile_operator.reconcile.release_context import ReleaseContext
 
 
 async def uninstall(ctx: ReleaseContext, why: str) -> None:
     """Raises HelmError when helm fails: the caller decides between retry and Stalled."""
-    await ctx.reconciler.helm.uninstall(
-        release=ctx.spec.release_name,
-        namespace=ctx.spec.target_namespace,
-        timeout_seconds=ctx.reconciler.settings.uninstall_timeout_seconds,
-        impersonate=ctx.impersonate,
-        ignore_not_found=True,
-    )
+    try:
+        await ctx.reconciler.helm.uninstall(
+            release=ctx.spec.release_name,
+            namespace=ctx.spec.target_namespace,
+            timeout_seconds=ctx.reconciler.settings.uninstall_timeout_seconds,
+            impersonate=ctx.impersonate,
+            ignore_not_found=True,
+        )
+    except HelmError:
+        metrics.RELEASE_ACTIONS.labels("uninstall", "failure").inc()
+        raise
+    metrics.RELEASE_ACTIONS.labels("uninstall", "success").inc()
     ctx.status.revision = None
     ctx.status.inventory = []
     ctx.status.last_applied_digest = None

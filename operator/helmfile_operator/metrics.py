@@ -1,0 +1,157 @@
+"""Prometheus metrics (prefix `helmfile_operator_`), and the HTTP server for /metrics and /readyz.
+
+Label sets are bounded: kinds, results, helm commands, condition types — plus object namespace and
+name on the per-object series, which are removed when the object is deleted. docs/metrics.md
+lists every metric and the PromQL for the SLIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from helmfile_operator import __version__
+
+# Helm actions take seconds to minutes; a reconcile without helm takes milliseconds.
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+RECONCILE_DURATION = Histogram(
+    "helmfile_operator_reconcile_duration_seconds",
+    "Duration of one reconcile pass.",
+    ["kind", "result"],
+    buckets=_DURATION_BUCKETS,
+)
+RECONCILE_TOTAL = Counter(
+    "helmfile_operator_reconcile_total", "Reconcile passes.", ["kind", "result"]
+)
+HELM_DURATION = Histogram(
+    "helmfile_operator_helm_command_duration_seconds",
+    "Duration of helm processes.",
+    ["command", "result"],
+    buckets=_DURATION_BUCKETS,
+)
+HELM_TOTAL = Counter(
+    "helmfile_operator_helm_commands_total", "helm processes run.", ["command", "result"]
+)
+RELEASE_ACTIONS = Counter(
+    "helmfile_operator_release_actions_total",
+    "Install/upgrade/uninstall actions taken on releases, by outcome.",
+    ["action", "result"],
+)
+REMEDIATIONS = Counter(
+    "helmfile_operator_remediations_total",
+    "Remediations of failed releases: rollback, uninstall (after a failed install), retry.",
+    ["action"],
+)
+DRIFT_DETECTIONS = Counter(
+    "helmfile_operator_drift_detections_total", "Drift checks that found a release drifted."
+)
+DRIFTED_RELEASES = Gauge("helmfile_operator_drifted_releases", "Releases currently drifted.")
+HELM_IN_FLIGHT = Gauge("helmfile_operator_helm_in_flight", "helm processes running now.")
+QUEUE_DEPTH = Gauge("helmfile_operator_queue_depth", "Objects waiting for a reconcile pass.")
+RECONCILES_IN_FLIGHT = Gauge(
+    "helmfile_operator_reconciles_in_flight", "Objects being reconciled now."
+)
+RELEASE_CONDITION = Gauge(
+    "helmfile_operator_release_condition",
+    "1 for the current status of each condition of each HelmfileRelease.",
+    ["namespace", "name", "condition", "status"],
+)
+STATE_CONDITION = Gauge(
+    "helmfile_operator_state_condition",
+    "1 for the current status of each condition of each HelmfileState.",
+    ["namespace", "name", "condition", "status"],
+)
+STATE_LAST_SUCCESS = Gauge(
+    "helmfile_operator_state_last_success_timestamp_seconds",
+    "When each HelmfileState was last seen Ready (Unix time).",
+    ["namespace", "name"],
+)
+BUILD_INFO = Gauge(
+    "helmfile_operator_build_info",
+    "Versions of the operator and helm.",
+    ["version", "helm_version"],
+)
+
+CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Released", "Remediated", "Drifted")
+_STATUSES = ("True", "False", "Unknown")
+
+
+def observe_helm(command: str, result: str, seconds: float) -> None:
+    """HelmClient's `on_command` hook."""
+    HELM_DURATION.labels(command, result).observe(seconds)
+    HELM_TOTAL.labels(command, result).inc()
+
+
+def observe_reconcile(kind: str, result: str, seconds: float) -> None:
+    RECONCILE_DURATION.labels(kind, result).observe(seconds)
+    RECONCILE_TOTAL.labels(kind, result).inc()
+
+
+def _set_conditions(
+    gauge: Gauge, namespace: str, name: str, conditions: list[dict[str, str]]
+) -> None:
+    current = {c.get("type"): c.get("status") for c in conditions}
+    for type_ in CONDITION_TYPES:
+        for status in _STATUSES:
+            if current.get(type_) == status:
+                gauge.labels(namespace, name, type_, status).set(1)
+            else:
+                _remove(gauge, namespace, name, type_, status)
+
+
+def _remove(gauge: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set: nothing to remove
+        gauge.remove(*labels)
+
+
+def _forget_conditions(gauge: Gauge, namespace: str, name: str) -> None:
+    for type_ in CONDITION_TYPES:
+        for status in _STATUSES:
+            _remove(gauge, namespace, name, type_, status)
+
+
+def record_release(namespace: str, name: str, conditions: list[dict[str, str]]) -> None:
+    _set_conditions(RELEASE_CONDITION, namespace, name, conditions)
+
+
+def forget_release(namespace: str, name: str) -> None:
+    _forget_conditions(RELEASE_CONDITION, namespace, name)
+
+
+def record_state(namespace: str, name: str, conditions: list[dict[str, str]]) -> None:
+    _set_conditions(STATE_CONDITION, namespace, name, conditions)
+    if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+        STATE_LAST_SUCCESS.labels(namespace, name).set(time.time())
+
+
+def forget_state(namespace: str, name: str) -> None:
+    _forget_conditions(STATE_CONDITION, namespace, name)
+    _remove(STATE_LAST_SUCCESS, namespace, name)
+
+
+def set_build_info(helm_version: str) -> None:
+    BUILD_INFO.clear()
+    BUILD_INFO.labels(__version__, helm_version).set(1)
+
+
+async def start_server(port: int, ready: Callable[[], bool]) -> web.AppRunner:
+    """/metrics and /readyz on `port` (all interfaces: Prometheus scrapes the pod IP)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n") if ready() else web.Response(status=503, text="starting\n")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 (scraped via the pod IP)
+    return runner
