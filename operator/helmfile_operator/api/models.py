@@ -83,11 +83,19 @@ class DriftIgnoreTarget(Model):
 
 
 class DriftIgnoreRule(Model):
-    paths: list[str] = Field(min_length=1, description="JSON pointers, e.g. `/spec/replicas`.")
-    target: DriftIgnoreTarget | None = None
+    """Differences under these JSON pointers (prefixes) are not drift, on the matching objects."""
+
+    paths: list[str] = Field(
+        min_length=1, description="JSON pointers, e.g. `/spec/replicas` (a prefix matches below)."
+    )
+    target: DriftIgnoreTarget | None = Field(
+        default=None, description="Only objects matching all given fields; none: every object."
+    )
 
 
 class DriftDetection(Model):
+    """`warn` records drift; `correct` also restores the objects from the release manifest."""
+
     mode: DriftMode = DriftMode.DISABLED
     ignore: list[DriftIgnoreRule] = Field(default_factory=list)
 
@@ -324,6 +332,23 @@ class InventoryEntry(Model):
     namespace: str | None = None
 
 
+class DriftedObject(Model):
+    """One object of the release that differs from its manifest: paths only, never values."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None = None
+    missing: bool = False
+    paths: list[str] = Field(default_factory=list, description="JSON pointers that differ.")
+
+
+class DriftStatus(Model):
+    detected_at: str
+    revision: int | None = None
+    objects: list[DriftedObject] = Field(default_factory=list)
+
+
 class HelmfileReleaseStatus(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
@@ -341,6 +366,10 @@ class HelmfileReleaseStatus(Model):
     last_handled_reconcile_at: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)
     inventory: list[InventoryEntry] = Field(default_factory=list)
+    drift: DriftStatus | None = Field(
+        default=None, description="Set while the live objects differ from the release manifest."
+    )
+    last_drift_check: str | None = None
 
 
 class ReleaseSummary(Model):

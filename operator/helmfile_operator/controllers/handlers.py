@@ -29,6 +29,7 @@ from helmfile_operator.reconcile.context import (
     ObjectKey,
     Reconciler,
 )
+from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.release import reconcile_release
 from helmfile_operator.reconcile.state import reconcile_state
 from helmfile_operator.reconcile.workqueue import WorkQueue
@@ -39,6 +40,8 @@ logger = logging.getLogger("helmfile_operator")
 # What makes an object worth a pass: spec (generation), deletion, finalizers, a reconcile request.
 # Status-only updates (our own writes) are not.
 _signatures: dict[ObjectKey, tuple[Any, ...]] = {}
+# What the owning state's summary shows of a release; only a change of it requeues the state.
+_summaries: dict[ObjectKey, tuple[Any, ...]] = {}
 _failures: dict[ObjectKey, int] = {}
 
 
@@ -49,6 +52,20 @@ def _signature(body: kopf.Body) -> tuple[Any, ...]:
         metadata.get("deletionTimestamp"),
         tuple(metadata.get("finalizers") or ()),
         (metadata.get("annotations") or {}).get(RECONCILE_REQUEST),
+    )
+
+
+def _summary(body: kopf.Body) -> tuple[Any, ...]:
+    status = body.get("status") or {}
+    conditions = tuple(
+        (c.get("type"), c.get("status"), c.get("message")) for c in status.get("conditions") or []
+    )
+    return (
+        body_is_ready(body),
+        status.get("revision"),
+        status.get("chartVersion"),
+        conditions,
+        (body.get("metadata") or {}).get("deletionTimestamp"),
     )
 
 
@@ -79,12 +96,20 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # Fail at start, loudly, when helm is missing or broken — not at the first release.
     helm_version = await helm.version()
     metrics.set_build_info(helm_version.raw)
+    kube = Kube.from_environment()
     reconciler = Reconciler(
-        kube=Kube.from_environment(), helm=helm, settings=operator_settings, queue=queue
+        kube=kube,
+        helm=helm,
+        settings=operator_settings,
+        queue=queue,
+        drift=DriftChecker(kube.api_client.configuration),
     )
     metrics.QUEUE_DEPTH.set_function(lambda: len(queue))
     metrics.RECONCILES_IN_FLIGHT.set_function(lambda: queue.in_flight)
     metrics.HELM_IN_FLIGHT.set_function(lambda: helm.in_flight)
+    metrics.DRIFTED_RELEASES.set_function(
+        lambda: sum(entry.drifted for entry in reconciler.index.releases.values())
+    )
     memo["metrics_server"] = await metrics.start_server(
         operator_settings.metrics_port, ready=lambda: memo.get("reconciler") is not None
     )
@@ -177,21 +202,24 @@ async def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
     if event["type"] == "DELETED":
         index.releases.pop((key.namespace, key.name), None)
         _signatures.pop(key, None)
+        _summaries.pop(key, None)
         metrics.forget_release(key.namespace, key.name)
         reconciler.queue.forget(key)
         # Releases it needed may be waiting for it to go (reverse-order uninstall).
         for need in previous.needs if previous else ():
             reconciler.queue.add(ObjectKey("HelmfileRelease", key.namespace, need))
     else:
+        conditions = (body.get("status") or {}).get("conditions") or []
         entry = IndexedRelease(
             ready=body_is_ready(body),
             needs=tuple((body.get("spec") or {}).get("needs") or ()),
             state=state,
+            drifted=any(
+                c.get("type") == "Drifted" and c.get("status") == "True" for c in conditions
+            ),
         )
         index.releases[(key.namespace, key.name)] = entry
-        metrics.record_release(
-            key.namespace, key.name, (body.get("status") or {}).get("conditions") or []
-        )
+        metrics.record_release(key.namespace, key.name, conditions)
         signature = _signature(body)
         if _signatures.get(key) != signature:
             _signatures[key] = signature
@@ -201,4 +229,8 @@ async def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, 
             for dependent in index.dependents(key.namespace, key.name):
                 reconciler.queue.add(ObjectKey("HelmfileRelease", key.namespace, dependent))
     if state:
-        reconciler.queue.add(ObjectKey("HelmfileState", key.namespace, state))
+        summary = _summary(body) if event["type"] != "DELETED" else None
+        if summary is None or _summaries.get(key) != summary:
+            if summary is not None:
+                _summaries[key] = summary
+            reconciler.queue.add(ObjectKey("HelmfileState", key.namespace, state))

@@ -12,6 +12,7 @@ import kopf
 
 from helmfile_operator.helm.client import HelmClient
 from helmfile_operator.kube import Kube
+from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.workqueue import WorkQueue
 from helmfile_operator.settings import Settings
 
@@ -39,6 +40,7 @@ class IndexedRelease:
     ready: bool
     needs: tuple[str, ...]
     state: str | None
+    drifted: bool = False
 
 
 @dataclass
@@ -65,6 +67,9 @@ class Reconciler:
     settings: Settings
     queue: WorkQueue[ObjectKey]
     index: ReleaseIndex = field(default_factory=ReleaseIndex)
+    drift: DriftChecker | None = None
+    # Manifest of the deployed revision per (namespace, release): decoded once per revision.
+    manifests: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
 
     def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the object (posted by kopf in the background, de-duplicated)."""

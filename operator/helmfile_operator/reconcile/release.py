@@ -21,11 +21,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from helmfile_operator import metrics
-from helmfile_operator.api.models import HelmfileReleaseSpec, HelmfileReleaseStatus
+from helmfile_operator.api.models import DriftMode, HelmfileReleaseSpec, HelmfileReleaseStatus
 from helmfile_operator.helm.errors import HelmError
 from helmfile_operator.helm.storage import latest_status_from_labels
 from helmfile_operator.kube import RELEASES
 from helmfile_operator.reconcile import conditions
+from helmfile_operator.reconcile.actions.detect_drift import detect_drift, drift_mode
 from helmfile_operator.reconcile.actions.install import install
 from helmfile_operator.reconcile.actions.recover import recover
 from helmfile_operator.reconcile.actions.uninstall import uninstall
@@ -83,7 +84,9 @@ async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
     ctx.status.observed_generation = ctx.generation
     after = ctx.status.to_wire()
     if after != before and not _is_gone(ctx):
-        await reconciler.kube.patch_status(RELEASES, key.namespace, key.name, after)
+        # A merge patch keeps the keys it leaves out: null those this pass cleared.
+        cleared: dict[str, Any] = {k: None for k in before if k not in after}
+        await reconciler.kube.patch_status(RELEASES, key.namespace, key.name, {**cleared, **after})
     if ctx.requeue_after is not None:
         reconciler.queue.add_after(key, ctx.requeue_after)
 
@@ -112,10 +115,14 @@ async def _pass(ctx: ReleaseContext) -> None:
         await install(ctx)
     elif state is State.OUT_OF_SYNC:
         await upgrade(ctx)
+    if state in (State.ABSENT, State.OUT_OF_SYNC) and ctx.status.failures == 0:
+        if drift_mode(ctx) is not DriftMode.DISABLED:
+            ctx.requeue(0)  # check drift right after the action, in the next (in-sync) pass
     elif state in (State.FAILED_WAITING, State.FAILED_STALLED):
         return
     elif state is State.IN_SYNC:
         _in_sync(ctx)
+        await detect_drift(ctx)
     if state is not State.DELETING and not ctx.spec.suspend:
         ctx.requeue(_interval_seconds(ctx))
 

@@ -190,6 +190,9 @@ def _up_to_date(have: dict[str, Any], desired: dict[str, Any]) -> bool:
             (metadata.get("annotations") or {}).get(k) == v
             for k, v in desired["metadata"]["annotations"].items()
         )
+        # Back from deletionPolicy Keep: the apply must run to drop the keep-release mark.
+        and (metadata.get("annotations") or {}).get(KEEP_RELEASE)
+        == desired["metadata"]["annotations"].get(KEEP_RELEASE)
         and (metadata.get("labels") or {}).get(STATE_LABEL)
         == desired["metadata"]["labels"][STATE_LABEL]
     )

@@ -1,0 +1,112 @@
+"""in sync → check for drift (warn: record it; correct: restore the objects, then verify)."""
+
+from __future__ import annotations
+
+from helmfile_operator import metrics
+from helmfile_operator.api.models import DriftMode, DriftStatus
+from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secrets
+from helmfile_operator.reconcile import conditions
+from helmfile_operator.reconcile.drift import DriftCheckError, DriftReport
+from helmfile_operator.reconcile.release_context import ReleaseContext
+
+
+def drift_mode(ctx: ReleaseContext) -> DriftMode:
+    detection = ctx.spec.drift_detection
+    return detection.mode if detection is not None else DriftMode.DISABLED
+
+
+async def _manifest(ctx: ReleaseContext) -> str | None:
+    """The manifest of the deployed revision, decoded once per revision (cached)."""
+    assert ctx.storage is not None
+    key = (ctx.spec.target_namespace, ctx.spec.release_name)
+    cached = ctx.reconciler.manifests.get(key)
+    if cached is not None and cached[0] == ctx.storage.revision:
+        return cached[1]
+    secrets = await ctx.reconciler.kube.helm_storage(*key)
+    try:
+        stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
+    except StorageDecodeError:
+        return None
+    if stored is None:
+        return None
+    ctx.reconciler.manifests[key] = (stored.revision, stored.manifest)
+    return stored.manifest
+
+
+def _summary(report: DriftReport) -> str:
+    parts = []
+    for obj in report.objects[:5]:
+        what = "missing" if obj.missing else ", ".join(obj.paths[:5])
+        parts.append(f"{obj.kind} {obj.name}: {what}")
+    more = f" (+{len(report.objects) - 5} more)" if len(report.objects) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def detect_drift(ctx: ReleaseContext) -> None:
+    mode = drift_mode(ctx)
+    checker = ctx.reconciler.drift
+    status = ctx.status
+    if mode is DriftMode.DISABLED or checker is None or ctx.storage is None:
+        if status.drift is not None or conditions.find(status.conditions, conditions.DRIFTED):
+            status.drift = None
+            status.conditions = conditions.remove(status.conditions, conditions.DRIFTED)
+        return
+    manifest = await _manifest(ctx)
+    if manifest is None:
+        return
+    ignore = ctx.spec.drift_detection.ignore if ctx.spec.drift_detection else []
+    namespace = ctx.spec.target_namespace
+    status.last_drift_check = conditions.now()
+    try:
+        report = await checker.check(manifest, namespace, ignore, ctx.impersonate)
+        if report.drifted:
+            _record(ctx, report)
+            if mode is DriftMode.CORRECT:
+                await checker.correct(manifest, ctx.spec.release_name, namespace, ctx.impersonate)
+                report = await checker.check(manifest, namespace, ignore, ctx.impersonate)
+                if not report.drifted:
+                    metrics.REMEDIATIONS.labels("drift-correction").inc()
+                    status.drift = None
+                    status.conditions = conditions.set_condition(
+                        status.conditions,
+                        conditions.DRIFTED,
+                        "False",
+                        "DriftCorrected",
+                        "live objects were restored from the release manifest",
+                        ctx.generation,
+                    )
+                    ctx.event("Normal", "DriftCorrected", "restored the drifted objects")
+                    return
+                _record(ctx, report)
+            return
+    except DriftCheckError as error:
+        status.conditions = conditions.set_condition(
+            status.conditions, conditions.DRIFTED, "Unknown", "DriftCheckFailed", str(error),
+            ctx.generation,
+        )  # fmt: skip
+        ctx.event("Warning", "DriftCheckFailed", str(error))
+        return
+    status.drift = None
+    drifted = conditions.find(status.conditions, conditions.DRIFTED)
+    if drifted is None or drifted.status != "False" or drifted.reason == "DriftCheckFailed":
+        status.conditions = conditions.set_condition(
+            status.conditions, conditions.DRIFTED, "False", "NoDrift",
+            "live objects match the release manifest", ctx.generation,
+        )  # fmt: skip
+
+
+def _record(ctx: ReleaseContext, report: DriftReport) -> None:
+    assert ctx.storage is not None
+    status = ctx.status
+    previous = status.drift
+    if previous is None or previous.objects != report.objects:
+        metrics.DRIFT_DETECTIONS.inc()
+        ctx.event("Warning", "DriftDetected", _summary(report))
+    detected_at = previous.detected_at if previous is not None else conditions.now()
+    status.drift = DriftStatus(
+        detected_at=detected_at, revision=ctx.storage.revision, objects=report.objects
+    )
+    status.conditions = conditions.set_condition(
+        status.conditions, conditions.DRIFTED, "True", "DriftDetected", _summary(report),
+        ctx.generation,
+    )  # fmt: skip
