@@ -1,0 +1,61 @@
+"""Log formats and the per-object metric series (without a cluster)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from prometheus_client import REGISTRY
+
+from helmfile_operator import metrics
+from helmfile_operator.logs import JsonFormatter, configure_logging
+
+
+def test_json_log_lines_are_json_objects() -> None:
+    record = logging.LogRecord(
+        "helmfile_operator",
+        logging.WARNING,
+        __file__,
+        1,
+        "HelmfileRelease/ns/x: %s",
+        ("boom",),
+        None,
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "warning"
+    assert line["logger"] == "helmfile_operator"
+    assert line["message"] == "HelmfileRelease/ns/x: boom"
+
+
+def test_configure_logging_quietens_client_debug_output() -> None:
+    configure_logging("json", verbose=True)
+    assert isinstance(logging.getLogger().handlers[0].formatter, JsonFormatter)
+    # The Kubernetes client would print request bodies (Secrets included) at debug level.
+    assert logging.getLogger("kubernetes").level == logging.WARNING
+    configure_logging("text", verbose=False)
+
+
+def _series(name: str, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(name, labels)
+
+
+def test_release_condition_series_follow_the_object() -> None:
+    labels = {"namespace": "ns", "name": "web", "condition": "Ready"}
+    metrics.record_release("ns", "web", [{"type": "Ready", "status": "False"}])
+    assert _series("helmfile_operator_release_condition", status="False", **labels) == 1
+    metrics.record_release("ns", "web", [{"type": "Ready", "status": "True"}])
+    assert _series("helmfile_operator_release_condition", status="True", **labels) == 1
+    assert _series("helmfile_operator_release_condition", status="False", **labels) is None
+    metrics.forget_release("ns", "web")
+    assert _series("helmfile_operator_release_condition", status="True", **labels) is None
+
+
+def test_state_series_are_removed_with_the_state() -> None:
+    metrics.record_state("ns", "stack", [{"type": "Ready", "status": "True"}])
+    assert _series("helmfile_operator_state_last_success_timestamp_seconds", namespace="ns",
+                   name="stack")  # fmt: skip
+    metrics.forget_state("ns", "stack")
+    assert (
+        _series("helmfile_operator_state_last_success_timestamp_seconds", namespace="ns",
+                name="stack") is None
+    )  # fmt: skip
