@@ -35,8 +35,8 @@ def test_configure_logging_quietens_client_debug_output() -> None:
     configure_logging("text", verbose=False)
 
 
-def _series(name: str, **labels: str) -> float | None:
-    return REGISTRY.get_sample_value(name, labels)
+def _series(metric: str, /, **labels: str) -> float | None:
+    return REGISTRY.get_sample_value(metric, labels)
 
 
 def test_release_condition_series_follow_the_object() -> None:
