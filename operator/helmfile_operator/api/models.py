@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "helmfile.dev"
@@ -29,6 +29,13 @@ MAX_RELEASES = 2000
 
 Duration = Annotated[str, Field(pattern=DURATION, examples=["300s", "10m"])]
 Values = dict[str, Any]
+
+
+def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
+    """`spec.releases.0.name: String should have at most 53 characters; …` (never the input)."""
+    return "; ".join(
+        f"{prefix}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
+    )
 
 
 def duration_seconds(duration: str) -> float:

@@ -21,7 +21,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from helmfile_operator import metrics
-from helmfile_operator.api.models import DriftMode, HelmfileReleaseSpec, HelmfileReleaseStatus
+from helmfile_operator.api.models import (
+    DriftMode,
+    HelmfileReleaseSpec,
+    HelmfileReleaseStatus,
+    describe_validation_error,
+)
 from helmfile_operator.helm.errors import HelmError
 from helmfile_operator.helm.storage import latest_status_from_labels
 from helmfile_operator.kube import RELEASES
@@ -311,9 +316,7 @@ async def _write_invalid_spec(
     status: HelmfileReleaseStatus,
     error: ValidationError,
 ) -> None:
-    problems = "; ".join(
-        f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
-    )
+    problems = describe_validation_error(error)
     generation = body["metadata"].get("generation")
     status.conditions = conditions.mark_stalled(
         status.conditions, "InvalidSpec", problems, generation

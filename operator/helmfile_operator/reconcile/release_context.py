@@ -56,6 +56,27 @@ class ReleaseContext:
         account = self.spec.service_account_name
         return f"system:serviceaccount:{self.key.namespace}:{account}" if account else None
 
+    async def helm_uninstall(self, timeout_seconds: float | None = None) -> None:
+        """Uninstall this release (absent is fine); raises HelmError."""
+        await self.reconciler.helm.uninstall(
+            release=self.spec.release_name,
+            namespace=self.spec.target_namespace,
+            timeout_seconds=timeout_seconds or self.timeout_seconds,
+            impersonate=self.impersonate,
+            ignore_not_found=True,
+        )
+
+    async def helm_rollback(self, revision: int | None, wait: bool) -> None:
+        """Roll this release back (None: to the previous revision); raises HelmError."""
+        await self.reconciler.helm.rollback(
+            release=self.spec.release_name,
+            namespace=self.spec.target_namespace,
+            revision=revision,
+            timeout_seconds=self.timeout_seconds,
+            wait=wait,
+            impersonate=self.impersonate,
+        )
+
     def event(self, type_: str, reason: str, message: str) -> None:
         self.reconciler.event(self.body, type_, reason, message)
 

@@ -19,6 +19,7 @@ from helmfile_operator.api.models import (
     HelmfileStateStatus,
     ReleaseCounts,
     ReleaseSummary,
+    describe_validation_error,
 )
 from helmfile_operator.kube import RELEASES, STATES
 from helmfile_operator.reconcile import conditions
@@ -99,10 +100,7 @@ async def _render(
         )
         return render_state(meta, spec, from_config_maps)
     except ValidationError as error:
-        message = "; ".join(
-            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()[:5]
-        )
-        reason = "InvalidSpec"
+        message, reason = describe_validation_error(error), "InvalidSpec"
     except (RenderError, ValuesSourceError) as error:
         message, reason = str(error), "RenderFailed"
     stalled = conditions.find(status.conditions, conditions.STALLED)

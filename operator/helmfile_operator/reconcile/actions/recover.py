@@ -13,30 +13,16 @@ GOOD = frozenset({"deployed", "superseded"})
 
 async def recover(ctx: ReleaseContext) -> None:
     assert ctx.storage is not None
-    helm = ctx.reconciler.helm
     spec = ctx.spec
-    history = await helm.history(
+    history = await ctx.reconciler.helm.history(
         release=spec.release_name, namespace=spec.target_namespace, impersonate=ctx.impersonate
     )
     good = [r.revision for r in history if r.status in GOOD and r.revision < ctx.storage.revision]
     if not good:
-        await helm.uninstall(
-            release=spec.release_name,
-            namespace=spec.target_namespace,
-            timeout_seconds=ctx.timeout_seconds,
-            impersonate=ctx.impersonate,
-            ignore_not_found=True,
-        )
+        await ctx.helm_uninstall()
         done = "uninstalled it (no revision was ever deployed)"
     else:
-        await helm.rollback(
-            release=spec.release_name,
-            namespace=spec.target_namespace,
-            revision=max(good),
-            timeout_seconds=ctx.timeout_seconds,
-            wait=False,
-            impersonate=ctx.impersonate,
-        )
+        await ctx.helm_rollback(max(good), wait=False)
         done = f"rolled back to revision {max(good)}"
     ctx.event("Normal", "Recovered", f"release was left {ctx.storage.status}: {done}")
     ctx.requeue(0)

@@ -15,28 +15,13 @@ from helmfile_operator.reconcile.release_context import ReleaseContext
 
 
 async def remediate(ctx: ReleaseContext, failed: Literal["install", "upgrade"]) -> None:
-    helm = ctx.reconciler.helm
-    spec = ctx.spec
     try:
         if failed == "install":
-            await helm.uninstall(
-                release=spec.release_name,
-                namespace=spec.target_namespace,
-                timeout_seconds=ctx.timeout_seconds,
-                impersonate=ctx.impersonate,
-                ignore_not_found=True,
-            )
+            await ctx.helm_uninstall()
             action, message = "Uninstalled", "uninstalled the failed install"
             ctx.status.revision = None
         elif ctx.options.atomic:
-            await helm.rollback(
-                release=spec.release_name,
-                namespace=spec.target_namespace,
-                revision=None,
-                timeout_seconds=ctx.timeout_seconds,
-                wait=bool(ctx.options.wait),
-                impersonate=ctx.impersonate,
-            )
+            await ctx.helm_rollback(None, wait=bool(ctx.options.wait))
             action, message = "RolledBack", "rolled back the failed upgrade"
         else:
             return

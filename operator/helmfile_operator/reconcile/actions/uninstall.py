@@ -10,13 +10,7 @@ from helmfile_operator.reconcile.release_context import ReleaseContext
 async def uninstall(ctx: ReleaseContext, why: str) -> None:
     """Raises HelmError when helm fails: the caller decides between retry and Stalled."""
     try:
-        await ctx.reconciler.helm.uninstall(
-            release=ctx.spec.release_name,
-            namespace=ctx.spec.target_namespace,
-            timeout_seconds=ctx.reconciler.settings.uninstall_timeout_seconds,
-            impersonate=ctx.impersonate,
-            ignore_not_found=True,
-        )
+        await ctx.helm_uninstall(ctx.reconciler.settings.uninstall_timeout_seconds)
     except HelmError:
         metrics.RELEASE_ACTIONS.labels("uninstall", "failure").inc()
         raise
