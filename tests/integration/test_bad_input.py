@@ -163,9 +163,10 @@ def test_invalid_release_is_rejected_by_the_api_server(
     [
         (("interval",), "10 minutes", "spec.interval"),
         (("helmDefaults", "timeout"), "soon", "spec.helmDefaults.timeout"),
+        (("environment",), "prdo", "spec.environment must name an entry of spec.environments"),
     ],
 )
-def test_invalid_duration_is_rejected_by_the_api_server(
+def test_invalid_field_is_rejected_by_the_api_server(
     cluster: Cluster,
     chart_repo: ChartRepo,
     namespace: str,

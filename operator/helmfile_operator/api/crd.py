@@ -118,6 +118,17 @@ def _crd(
         releases = spec_schema["properties"]["releases"]
         releases["x-kubernetes-list-type"] = "map"
         releases["x-kubernetes-list-map-keys"] = ["name"]
+        # A better error at `kubectl apply` time than a Stalled state afterwards.
+        spec_schema["x-kubernetes-validations"] = [
+            {
+                "rule": "self.environment == 'default' || "
+                "(has(self.environments) && self.environment in self.environments)",
+                "message": "spec.environment must name an entry of spec.environments "
+                "(or be 'default')",
+                "fieldPath": ".environment",
+                "reason": "FieldValueInvalid",
+            }
+        ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
