@@ -19,8 +19,9 @@ testbin: ## build the control-plane, kwok and helm binaries from Go modules (cac
 	@hack/testbin >/dev/null
 
 .PHONY: generate
-generate: deps ## regenerate crds/ and docs/api.md from the models
+generate: deps ## regenerate crds/ (and the chart's copy) and docs/api.md from the models
 	$(VENV)/helmfile-operator crds --output-dir crds
+	$(VENV)/helmfile-operator crds --output-dir charts/helmfile-operator/crds
 	$(VENV)/helmfile-operator docs --output docs/api.md
 
 .PHONY: lint

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from testbed_fixtures import (
@@ -113,3 +117,44 @@ def test_probes_answer_while_the_operator_runs(operator: OperatorProcess) -> Non
     ):
         with urllib.request.urlopen(url, timeout=5) as response:
             assert response.status == 200
+
+
+METRIC = re.compile(r"helmfile_operator_[a-z_]+")
+CHART = Path(__file__).resolve().parents[2] / "charts" / "helmfile-operator"
+
+
+def _family(name: str) -> str:
+    for suffix in ("_bucket", "_count", "_sum", "_total"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def test_alerts_and_dashboard_use_only_exposed_metrics(
+    cluster: Cluster, operator: OperatorProcess
+) -> None:
+    exposed = {family.name for family in text_string_to_metric_families(operator.scrape())}
+    rendered = cluster.run(
+        "helm", "template", "hfo", str(CHART),
+        "--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true",
+    ).stdout  # fmt: skip
+    documents = [doc for doc in yaml.safe_load_all(rendered) if doc]
+    rules = [doc for doc in documents if doc["kind"] == "PrometheusRule"]
+    dashboards = [
+        json.loads(text)
+        for doc in documents
+        if doc["kind"] == "ConfigMap"
+        for name, text in (doc.get("data") or {}).items()
+        if name.endswith(".json")
+    ]
+    assert rules
+    assert dashboards  # and each one parsed as JSON
+
+    expressions = [
+        rule["expr"] for doc in rules for group in doc["spec"]["groups"] for rule in group["rules"]
+    ]
+    expressions += re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', json.dumps(dashboards))
+    assert expressions
+    used = {_family(name) for expr in expressions for name in METRIC.findall(expr)}
+    assert used
+    assert used <= exposed, f"not exposed by the operator: {sorted(used - exposed)}"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from helmfile_operator.api.models import HelmfileReleaseSpec, ValuesReference
 from helmfile_operator.kube import Kube
@@ -26,8 +27,16 @@ async def read_reference(
 ) -> dict[str, Any] | None:
     """The YAML map under `reference.key`, or None when it is optional and missing."""
     getter = kube.get_secret if reference.kind == "Secret" else kube.get_config_map
-    obj = await getter(namespace, reference.name)
     where = f"{field}: {reference.kind} {namespace}/{reference.name}"
+    try:
+        obj = await getter(namespace, reference.name)
+    except ApiException as error:
+        if error.status == 403:
+            raise ValuesSourceError(
+                f"{where}: forbidden: the operator's ServiceAccount may not read it; grant it "
+                f"`get` on {reference.kind.lower()}s in {namespace}"
+            ) from None
+        raise
     if obj is None:
         if reference.optional:
             return None
