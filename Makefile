@@ -49,6 +49,10 @@ integration: deps testbin ## integration tests on the real control plane (starte
 .PHONY: test
 test: lint typecheck unit integration ## everything CI checks
 
+.PHONY: bench
+bench: deps testbin ## benchmarks vs raw helm and helmfile (not in `test`; flags: BENCH_FLAGS="--sizes 10,1000")
+	$(VENV)/python bench/run.py $(BENCH_FLAGS)
+
 .PHONY: demo
 demo: deps testbin ## start the local control plane and show it
 	hack/demo

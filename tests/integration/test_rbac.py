@@ -344,24 +344,7 @@ def restore_permissions(cluster: Cluster, setup: Setup) -> None:
         bind_tenant(cluster, setup.namespace)
 
 
-IMPERSONATION_GAP = (
-    "helm reports a refused impersonation as 'kubernetes cluster unreachable: unknown' (the API "
-    "server's 403 on /version carries no message); the operator classifies it as a retryable "
-    "Connection error, so the condition does not say forbidden (operator change proposed)"
-)
-
-
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(case, id=case)
-        if case != "namespaced-operator-loses-impersonate"
-        else pytest.param(
-            case, id=case, marks=pytest.mark.xfail(strict=True, reason=IMPERSONATION_GAP)
-        )
-        for case in LOSSES
-    ],
-)
+@pytest.mark.parametrize("case", list(LOSSES))
 def test_operator_works_with_the_chart_rbac_alone(
     cluster: Cluster,
     chart_repo: ChartRepo,

@@ -441,3 +441,16 @@ def test_redact_replaces_longest_first() -> None:
 def test_str_names_command_and_kind() -> None:
     error = classify("rollback", "Error: release: not found", 1, False)
     assert str(error).startswith("helm rollback failed (ReleaseNotFound): release: not found")
+
+
+def test_refused_impersonation_is_reported_as_forbidden() -> None:
+    from helmfile_operator.helm.client import _refused_impersonation
+
+    refused = classify("upgrade", "Error: kubernetes cluster unreachable: unknown", 1, False)
+    argv = ["helm", "upgrade", "--kube-as-user=system:serviceaccount:team:deployer", "--", "x", "y"]
+    mapped = _refused_impersonation(refused, argv)
+    assert mapped.kind is HelmErrorKind.FORBIDDEN
+    assert "impersonate system:serviceaccount:team:deployer" in mapped.message
+    assert not mapped.retryable
+    # Without impersonation it stays a connection error (retryable).
+    assert _refused_impersonation(refused, argv[:2]).kind is HelmErrorKind.CONNECTION

@@ -28,7 +28,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -837,7 +837,9 @@ class HelmClient:
             self._report(command, outcome, duration)
 
         if outcome != "success":
-            failure = classify(command, stderr, returncode, timed_out, redact=redact)
+            failure = _refused_impersonation(
+                classify(command, stderr, returncode, timed_out, redact=redact), argv
+            )
             log.debug("helm %s failed: %s", command, failure.message)
             raise failure
         return CommandResult(command, argv, returncode, duration, stdout, stderr)
@@ -899,3 +901,20 @@ class HelmClient:
             self.on_command(command, outcome, duration)
         except Exception:
             log.exception("the on_command hook failed")
+
+
+def _refused_impersonation(failure: HelmError, argv: Sequence[str]) -> HelmError:
+    """A refused impersonation reaches helm as a 403 on /version, which every identity may read
+    otherwise; helm reports it as "cluster unreachable: unknown". Say what it is instead."""
+    user = next((a.split("=", 1)[1] for a in argv if a.startswith("--kube-as-user=")), None)
+    if user is None or failure.kind is not HelmErrorKind.CONNECTION:
+        return failure
+    if "unknown" not in failure.message.lower():
+        return failure
+    return HelmError(
+        HelmErrorKind.FORBIDDEN,
+        failure.command,
+        f"forbidden: the operator may not impersonate {user}; grant its ServiceAccount "
+        "`impersonate` on serviceaccounts (helm reported: cluster unreachable)",
+        returncode=failure.returncode,
+    )
