@@ -831,8 +831,12 @@ async def test_secret_values_reach_helm_and_nothing_else(
         assert leak not in json.dumps(payloads)
         assert leak not in json.dumps(stored(world))
     for call in world.helm.calls:
-        others = {k: v for k, v in call.kwargs.items() if k != "values"}
+        # `values` go to helm's private values file; `redact` lists what helm's errors must not
+        # show. Nothing else (argv, options) may carry the Secret's data.
+        others = {k: v for k, v in call.kwargs.items() if k not in ("values", "redact")}
         assert SECRET_VALUE not in json.dumps(others, default=str)
+    upgrades = [call for call in world.helm.calls if call.verb == "upgrade_install"]
+    assert all(SECRET_VALUE in call.kwargs["redact"] for call in upgrades)
     assert SECRET_VALUE not in caplog.text
     # The digest covers the Secret's data (a change there is a change), as a hash only.
     assert status(world)["valuesDigest"] == digest_of(

@@ -163,7 +163,8 @@ async def determine_state(ctx: ReleaseContext) -> State:
         return State.LOCKED
 
     try:
-        ctx.values = await final_values(ctx.reconciler.kube, ctx.key.namespace, ctx.spec)
+        resolved = await final_values(ctx.reconciler.kube, ctx.key.namespace, ctx.spec)
+        ctx.values, ctx.secret_strings = resolved.values, resolved.secret_strings
     except (ValuesSourceError, ValueError) as error:
         ctx.status.failures = 0
         ctx.status.conditions = conditions.mark_not_ready(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from helmfile_operator.api.models import (
@@ -34,6 +34,7 @@ class ReleaseContext:
     status: HelmfileReleaseStatus  # actions update it; the pass writes it back once, if changed
     storage: StorageHead | None = None
     values: dict[str, Any] | None = None  # final values (may hold Secret data: memory only)
+    secret_strings: list[str] = field(default_factory=list)  # scrubbed from helm's errors
     digest: str | None = None
     requeue_after: float | None = None
 

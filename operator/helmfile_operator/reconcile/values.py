@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from helmfile_operator.api.models import HelmfileReleaseSpec, ValuesReference
+from helmfile_operator.api.models import ChartRepository, HelmfileReleaseSpec, ValuesReference
+from helmfile_operator.helm.client import RepositoryCredentials
 from helmfile_operator.kube import Kube
 from helmfile_operator.render.values import apply_set, deep_merge
 
@@ -80,8 +82,67 @@ async def resolve_values_from(
     return layers
 
 
-async def final_values(kube: Kube, namespace: str, spec: HelmfileReleaseSpec) -> dict[str, Any]:
-    values = spec.values
-    for layer in await resolve_values_from(kube, namespace, spec.values_from, "spec.valuesFrom"):
-        values = deep_merge(values, layer)
-    return apply_set(values, spec.set)
+@dataclass
+class ResolvedValues:
+    values: dict[str, Any]
+    # Strings read from Secrets: helm's error messages are scrubbed of them.
+    secret_strings: list[str] = field(default_factory=list)
+
+
+def _strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for value in node.values() for s in _strings(value)]
+    if isinstance(node, list):
+        return [s for value in node for s in _strings(value)]
+    text = str(node) if node is not None and not isinstance(node, bool) else ""
+    return [text] if len(text) >= 4 else []  # shorter ones would scrub ordinary words
+
+
+async def final_values(kube: Kube, namespace: str, spec: HelmfileReleaseSpec) -> ResolvedValues:
+    resolved = ResolvedValues(spec.values)
+    for index, reference in enumerate(spec.values_from):
+        layer = await read_reference(kube, namespace, reference, f"spec.valuesFrom[{index}]")
+        if layer is None:
+            continue
+        resolved.values = deep_merge(resolved.values, layer)
+        if reference.kind == "Secret":
+            resolved.secret_strings += _strings(layer)
+    resolved.values = apply_set(resolved.values, spec.set)
+    return resolved
+
+
+async def repository_access(
+    kube: Kube, namespace: str, repository: ChartRepository
+) -> tuple[RepositoryCredentials | None, str | None]:
+    """Credentials (`secretRef`: keys `username`, `password`) and CA (`caSecretRef`: `ca.crt`)."""
+    credentials = ca_pem = None
+    if repository.secret_ref:
+        data = await _secret_data(
+            kube, namespace, repository.secret_ref, ("username", "password"), "secretRef"
+        )
+        credentials = RepositoryCredentials(data["username"], data["password"])
+    if repository.ca_secret_ref:
+        data = await _secret_data(
+            kube, namespace, repository.ca_secret_ref, ("ca.crt",), "caSecretRef"
+        )
+        ca_pem = data["ca.crt"]
+    return credentials, ca_pem
+
+
+async def _secret_data(
+    kube: Kube, namespace: str, name: str, keys: tuple[str, ...], field_name: str
+) -> dict[str, str]:
+    where = f"spec.chart.repository.{field_name}: Secret {namespace}/{name}"
+    try:
+        secret = await kube.get_secret(namespace, name)
+    except ApiException as error:
+        if error.status == 403:
+            raise ValuesSourceError(f"{where}: forbidden for the operator") from None
+        raise
+    if secret is None:
+        raise ValuesSourceError(f"{where} not found; create it with keys {', '.join(keys)}")
+    data = secret.get("data") or {}
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise ValuesSourceError(f"{where} lacks key(s) {', '.join(missing)}")
+    return {key: base64.b64decode(data[key]).decode() for key in keys}

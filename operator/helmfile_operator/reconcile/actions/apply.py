@@ -14,6 +14,7 @@ from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secre
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.remediate import remediate
 from helmfile_operator.reconcile.release_context import ReleaseContext
+from helmfile_operator.reconcile.values import ValuesSourceError, repository_access
 
 Verb = Literal["install", "upgrade"]
 PAST = {"install": "Installed", "upgrade": "Upgraded"}
@@ -42,6 +43,16 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
     assert ctx.digest is not None
     started = time.monotonic()
     try:
+        credentials, ca_pem = await repository_access(
+            ctx.reconciler.kube, ctx.key.namespace, ctx.spec.chart.repository
+        )
+    except ValuesSourceError as error:
+        ctx.status.conditions = conditions.mark_not_ready(
+            ctx.status.conditions, "RepositoryAccessUnavailable", str(error), ctx.generation
+        )
+        ctx.requeue(ctx.reconciler.settings.retry_max_seconds / 5)
+        return
+    try:
         result = await ctx.reconciler.helm.upgrade_install(
             release=ctx.spec.release_name,
             namespace=ctx.spec.target_namespace,
@@ -49,6 +60,9 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
             values=ctx.values,
             options=ctx.options,
             impersonate=ctx.impersonate,
+            credentials=credentials,
+            ca_pem=ca_pem,
+            redact=ctx.secret_strings,
         )
     except HelmError as error:
         await _failed(ctx, verb, error, time.monotonic() - started)
