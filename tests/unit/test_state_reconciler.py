@@ -15,6 +15,7 @@ from helmfile_operator.reconcile.context import (
     KEEP_RELEASE,
     RECONCILE_REQUEST,
     STATE_LABEL,
+    IndexedRelease,
     ObjectKey,
 )
 from helmfile_operator.reconcile.state import reconcile_state
@@ -464,3 +465,20 @@ async def test_deletion_with_keep_policy_marks_children_before_deleting_them(
 async def test_missing_state_is_ignored(world: World) -> None:
     await reconcile(world)
     assert world.kube.writes == []
+
+
+async def test_a_child_name_held_by_another_state_is_not_taken_over(world: World) -> None:
+    # State "platform-db" with release "x" would also be named "platform-db-x"; here the
+    # HelmfileRelease "platform-db" (state "platform", release "db") is held by another state.
+    world.reconciler.index.releases[(NAMESPACE, f"{STATE}-db")] = IndexedRelease(
+        ready=True, needs=(), state="other"
+    )
+    world.kube.create(STATES, state_body(DB))
+
+    await reconcile(world)
+
+    assert children(world) == []
+    stalled = condition(state(world), "Stalled")
+    assert stalled is not None
+    assert "spec.releases[0].name" in stalled["message"]
+    assert "already belongs to state 'other'" in stalled["message"]

@@ -98,7 +98,9 @@ async def _render(
             labels=metadata.get("labels") or {},
             annotations=metadata.get("annotations") or {},
         )
-        return render_state(meta, spec, from_config_maps)
+        rendered = render_state(meta, spec, from_config_maps)
+        await _check_names_are_free(reconciler, key, rendered)
+        return rendered
     except ValidationError as error:
         message, reason = describe_validation_error(error), "InvalidSpec"
     except (RenderError, ValuesSourceError) as error:
@@ -110,6 +112,22 @@ async def _render(
     if stalled is None or stalled.message != status.conditions[-1].message:
         reconciler.event(body, "Warning", reason, message)
     return None
+
+
+async def _check_names_are_free(
+    reconciler: Reconciler, key: ObjectKey, rendered: RenderedState
+) -> None:
+    """A child name held by another state (or written by hand) is never taken over."""
+    for index, release in enumerate(rendered.releases):
+        existing = reconciler.index.get(key.namespace, release.resource_name)
+        if existing is None or existing.state == key.name:
+            continue
+        holder = f"state {existing.state!r}" if existing.state else "a hand-written HelmfileRelease"
+        raise RenderError(
+            f"spec.releases[{index}].name",
+            f"its HelmfileRelease {release.resource_name!r} already belongs to {holder}; "
+            "rename the release (or the state)",
+        )
 
 
 def _child_body(
