@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+"""`make bench`: the operator against the raw floor and helmfile, on a private test bed.
+
+    .venv/bin/python bench/run.py [--sizes 10,100,300] [--repeat R] [--concurrency 8] ...
+
+For every size N: N trivial releases (one ConfigMap each, bench/charts/trivial) installed from
+absent by
+  - the raw floor: `helm upgrade --install` per release, C at a time (bench/raw_floor.py);
+  - helmfile sync, and helmfile apply (then a second, no-op apply);
+  - the operator with all releases in one HelmfileState, and spread across 10 states; then a
+    forced resync of the unchanged states, and one periodic pass of drift checks.
+Between runs every namespace is deleted, so each run starts from absent. Results go to stdout,
+to a JSON file and to the generated section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import report
+from cluster import (
+    REPO_ROOT,
+    Api,
+    Baselines,
+    Bed,
+    BenchError,
+    baseline_binaries,
+    cache_dir,
+    chart_repo,
+    testbin_dir,
+    version_of,
+)
+from contenders import Context, Phase, run_helmfile, run_operator, run_raw
+from watch import Watch
+
+DEFAULT_SIZES = (10, 100, 300)
+MAX_SIZE = 1000
+CONTENDERS = tuple(report.LABELS)
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+    if not sizes or sizes[0] < 1 or sizes[-1] > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"sizes are between 1 and {MAX_SIZE}")
+    return sizes
+
+
+def parse_contenders(text: str) -> list[str]:
+    chosen = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = set(chosen) - set(CONTENDERS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown contender(s) {sorted(unknown)}; of {CONTENDERS}")
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description=(__doc__ or "").split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--sizes", type=parse_sizes, default=list(DEFAULT_SIZES),
+        help=f"release counts, comma-separated, up to {MAX_SIZE} (default: 10,100,300)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repeat", type=int, default=None,
+        help="runs per size and contender (default: 3 for N ≤ 100, 1 above); medians are reported",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=int, default=8,
+        help="helm processes at once, for every contender (HELMFILE_OPERATOR_MAX_CONCURRENT_HELM)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--states", type=int, default=10, help="states of the spread layout (default: 10)"
+    )
+    parser.add_argument(
+        "--wait", action="store_true",
+        help="helm --wait for every contender (default: no wait; a ConfigMap is ready at once)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--contenders", type=parse_contenders, default=list(CONTENDERS),
+        help=f"comma-separated subset of {','.join(CONTENDERS)}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-drift", action="store_true", help="skip the drift-check phase of the operator"
+    )
+    parser.add_argument(
+        "--testbed-dir", type=Path, default=cache_dir() / "bench-testbed",
+        help="state of the benchmark's own control plane (destroyed at the end)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--keep-testbed", action="store_true", help="stop the control plane but keep its files"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, default=None,
+        help="logs, plans and results (default: a new directory under /tmp)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--docs", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md",
+        help="Markdown file whose generated section is replaced",
+    )  # fmt: skip
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave the docs")
+    parser.add_argument(
+        "--py-spy", type=Path, default=None,
+        help="a py-spy binary: sample the operator's phases into <workdir>/profiles (slows it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--operator-pythonpath", type=Path, default=None,
+        help="directory holding a modified copy of helmfile_operator to run instead (to measure "
+        "a proposed change without touching operator/)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--report-only", type=Path, default=None, metavar="RESULTS_JSON",
+        help="run nothing: rebuild the tables from a results.json of an earlier run",
+    )  # fmt: skip
+    return parser
+
+
+def repeats_for(size: int, repeat: int | None) -> int:
+    if repeat is not None:
+        return max(1, repeat)
+    return 3 if size <= 100 else 1
+
+
+def machine() -> str:
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    memory = "?"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            memory = f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    load = Path("/proc/loadavg").read_text().split()[0]
+    return (
+        f"{os.cpu_count()} cores ({model}), {memory}, Linux {platform.release()}; "
+        f"load average {load} when the run started (the machine is shared with other work)"
+    )
+
+
+def commit() -> str:
+    """The repository's commit, and whether operator/ differs from it."""
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "operator"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    return f"commit {head or '?'}" + (", operator/ modified" if dirty else "")
+
+
+def versions(bins: Path, baselines: Baselines | None) -> dict[str, str]:
+    found = {
+        "helmfile-operator": f"{importlib.metadata.version('helmfile-operator')} ({commit()})",
+        "Python": platform.python_version(),
+        "kopf": importlib.metadata.version("kopf"),
+        "kubernetes (client)": importlib.metadata.version("kubernetes"),
+        "helm": version_of([str(bins / "helm"), "version", "--template={{.Version}}"]),
+        "Kubernetes": version_of([str(bins / "kube-apiserver"), "--version"]).split()[-1],
+    }
+    if baselines is not None:
+        found["helmfile"] = version_of([str(baselines.helmfile), "--version"]).split()[-1]
+        plugin = (baselines.helm_plugins / "diff" / "plugin.yaml").read_text()
+        found["helm-diff"] = next(
+            (line.split(":", 1)[1].strip().strip('"') for line in plugin.splitlines()
+             if line.startswith("version:")), "?",
+        )  # fmt: skip
+    return found
+
+
+def header(
+    args: argparse.Namespace, found: dict[str, str], command: str, elapsed: float, host: str
+) -> list[str]:
+    today = datetime.date.today().isoformat()
+    caveats = []
+    if args.operator_pythonpath is not None:
+        caveats.append(f"- **the operator ran from a modified copy: {args.operator_pythonpath}**")
+    if args.py_spy is not None:
+        caveats.append("- **the operator was sampled by py-spy: its numbers are inflated**")
+    return [
+        *caveats,
+        f"Generated {today} by `{command}` in {elapsed / 60:.0f} min.",
+        "",
+        f"- machine: {host}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
+        f"- concurrency C = {args.concurrency} helm processes for every contender; "
+        f"helm `--wait`: {'yes' if args.wait else 'no'}; spread layout: {args.states} states",
+        "- CPU: the process and every helm process it ran (operator: /proc/<pid>/stat "
+        "utime+stime+cutime+cstime; raw floor and helmfile: wait4 rusage); peak RSS: the "
+        "operator's VmHWM (baselines: the largest of their processes)",
+    ]
+
+
+def print_phase(label: str, name: str, phase: Phase) -> None:
+    extra = f", operator {phase.cpu_own:.2f}s" if phase.cpu_own is not None else ""
+    rss = f", peak RSS {phase.peak_rss_mib:.0f} MiB" if phase.peak_rss_mib else ""
+    helm = ", ".join(f"{k} {v}" for k, v in sorted(phase.helm.items()))
+    print(
+        f"    {label:<22} {name:<13} wall {phase.wall:7.2f}s  CPU {phase.cpu:7.2f}s{extra}{rss}"
+        f"  helm: {helm or 'none'}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.report_only is not None:
+        return report_only(args)
+    flags = sys.argv[1:] if argv is None else argv
+    command = "make bench" + (f" BENCH_FLAGS={shlex.quote(shlex.join(flags))}" if flags else "")
+    started = time.monotonic()
+    host = machine()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hfo-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"bench: work directory {workdir}", flush=True)
+    bins = testbin_dir()
+    needs_helmfile = any(c.startswith("helmfile") for c in args.contenders)
+    baselines = baseline_binaries() if needs_helmfile else None
+    found = versions(bins, baselines)
+    print("bench: " + ", ".join(f"{k} {v}" for k, v in found.items()), flush=True)
+
+    bed = Bed(args.testbed_dir.resolve(), bins, keep=args.keep_testbed)
+    results: report.Results = {}
+    bed.up()
+    api = Api(bed.kubeconfig)
+    watch = Watch(api)
+    try:
+        bed.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds"))
+        bed.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        watch.start()
+        with chart_repo(bins / "helm", workdir) as repo:
+            ctx = Context(
+                bed=bed, api=api, watch=watch, repo=repo, baselines=baselines, workdir=workdir,
+                concurrency=args.concurrency, wait=args.wait, py_spy=args.py_spy,
+                operator_pythonpath=args.operator_pythonpath,
+            )  # fmt: skip
+            for size in args.sizes:
+                runs = repeats_for(size, args.repeat)
+                by: dict[str, list[dict[str, Phase]]] = results.setdefault(size, {})
+                for rep in range(runs):
+                    print(f"bench: N={size}, run {rep + 1}/{runs}", flush=True)
+                    for contender in args.contenders:
+                        label = f"n{size}-r{rep + 1}-{contender}"
+                        if contender == "raw":
+                            phases = run_raw(ctx, size, label)
+                        elif contender.startswith("helmfile"):
+                            phases = run_helmfile(ctx, size, contender.split("-")[1], label)
+                        else:
+                            states = 1 if contender == "operator-1" else args.states
+                            drift = rep == 0 and not args.no_drift
+                            phases = run_operator(ctx, size, states, label, drift=drift)
+                        by.setdefault(contender, []).append(phases)
+                        for name, phase in phases.items():
+                            print_phase(report.LABELS[contender], name, phase)
+                        save(workdir / "results.json", results)
+    except BenchError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
+    finally:
+        watch.stop()
+        api.close()
+        bed.destroy()
+
+    elapsed = time.monotonic() - started
+    text = report.markdown(results, header(args, found, command, elapsed, host))
+    print("\n" + text)
+    if not args.no_docs:
+        report.write_docs(args.docs, text)
+        print(f"bench: wrote {args.docs}")
+    print(f"bench: raw results in {workdir / 'results.json'}")
+    return 0
+
+
+def save(path: Path, results: report.Results) -> None:
+    data: dict[str, Any] = {
+        str(size): {
+            contender: [{name: dataclasses.asdict(p) for name, p in run.items()} for run in runs]
+            for contender, runs in by.items()
+        }
+        for size, by in results.items()
+    }
+    path.write_text(json.dumps(data, indent=1))
+
+
+def load(path: Path) -> report.Results:
+    data = json.loads(path.read_text())
+    return {
+        int(size): {
+            contender: [{name: Phase(**p) for name, p in run.items()} for run in runs]
+            for contender, runs in by.items()
+        }
+        for size, by in data.items()
+    }
+
+
+def report_only(args: argparse.Namespace) -> int:
+    """Tables again from a results.json, under the header of the docs' generated section."""
+    results = load(args.report_only)
+    text = args.docs.read_text() if args.docs.exists() else ""
+    block = text.split(report.BEGIN, 1)[-1].split(report.END, 1)[0] if report.BEGIN in text else ""
+    header = block.strip("\n").split("\n### ", 1)[0].rstrip("\n").splitlines() or ["(no header)"]
+    generated = report.markdown(results, header)
+    print(generated)
+    if not args.no_docs:
+        report.write_docs(args.docs, generated)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
