@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,9 +153,18 @@ def chart_repo(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
 class OperatorProcess:
     """`helmfile-operator run` as a subprocess (a real process: it can be SIGKILLed)."""
 
-    def __init__(self, cluster: Cluster, log_path: Path) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        log_path: Path,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """`args` are added to `helmfile-operator run`; `env` overrides the cluster's env."""
         self.cluster = cluster
         self.log_path = log_path
+        self.args = list(args)
+        self.env_overrides = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.health_port = 0
         self.metrics_port = 0
@@ -170,10 +179,14 @@ class OperatorProcess:
             # Short retry delays keep failure tests quick; production defaults are longer.
             "HELMFILE_OPERATOR_RETRY_BASE_SECONDS": "1",
             "HELMFILE_OPERATOR_RETRY_MAX_SECONDS": "10",
+            **self.env_overrides,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator"), "run", "--verbose"],
+                [
+                    str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator"),
+                    *("run", "--verbose", *self.args),
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -181,17 +194,21 @@ class OperatorProcess:
             )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"operator exited; see {self.log_path}"
-            try:
-                with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.health_port}/healthz", timeout=2
-                ) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if self.healthy():
+                return
             time.sleep(0.2)
         raise AssertionError(f"operator not healthy within 60s; see {self.log_path}")
+
+    def healthy(self) -> bool:
+        """/healthz answers 200 (asserting, with its log, that the process did not exit)."""
+        assert self.process is not None
+        assert self.process.poll() is None, f"operator exited:\n{self.log()[-4000:]}"
+        try:
+            url = f"http://127.0.0.1:{self.health_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -221,7 +238,7 @@ class OperatorProcess:
             return str(response.read().decode())
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def _descendants(pid: int) -> list[int]:

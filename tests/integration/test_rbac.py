@@ -12,11 +12,6 @@ such operators can be told to leave them alone.)
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,12 +39,6 @@ STATE = "rbac"
 CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Setup:
     release: str  # the chart's release name
@@ -62,61 +51,21 @@ class Setup:
         return f"{self.release}-helmfile-operator"
 
 
-class RestrictedOperator:
+def restricted_operator(
+    cluster: Cluster, kubeconfig: Path, namespace: str, home: Path
+) -> OperatorProcess:
     """`helmfile-operator run --namespace NS` logged in as the chart's ServiceAccount."""
-
-    def __init__(self, cluster: Cluster, kubeconfig: Path, namespace: str, home: Path) -> None:
-        self.log_path = home / "operator.log"
-        self.health_port = _free_port()
-        self.env = {
-            **cluster.env,  # PATH with the test bed's helm
+    return OperatorProcess(
+        cluster,
+        home / "operator.log",
+        args=["--namespace", namespace],
+        env={
             "KUBECONFIG": str(kubeconfig),
             "HELM_CACHE_HOME": str(home / "helm" / "cache"),
             "HELM_CONFIG_HOME": str(home / "helm" / "config"),
             "HELM_DATA_HOME": str(home / "helm" / "data"),
-            "HELMFILE_OPERATOR_HEALTH_PORT": str(self.health_port),
-            "HELMFILE_OPERATOR_METRICS_PORT": str(_free_port()),
-            "HELMFILE_OPERATOR_RETRY_BASE_SECONDS": "1",
-            "HELMFILE_OPERATOR_RETRY_MAX_SECONDS": "10",
-        }
-        self.namespace = namespace
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        command = [
-            str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator"),
-            "run", "--verbose", "--namespace", self.namespace,
-        ]  # fmt: skip
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_until(
-            self.healthy, timeout=60, message=f"the operator to be healthy ({self.log_path})"
-        )
-
-    def healthy(self) -> bool:
-        assert self.process is not None
-        assert self.process.poll() is None, f"operator exited:\n{self.log()}"
-        try:
-            url = f"http://127.0.0.1:{self.health_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.process = None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        },
+    )
 
 
 def render_rbac(
@@ -366,7 +315,7 @@ def test_operator_works_with_the_chart_rbac_alone(
     cluster.run("kubectl", "create", "serviceaccount", TENANT, "-n", ns)
     bind_tenant(cluster, ns)
 
-    restricted = RestrictedOperator(cluster, kubeconfig, ns, tmp_path)
+    restricted = restricted_operator(cluster, kubeconfig, ns, tmp_path)
     operator.stop()  # the shared, cluster-wide operator (admin rights) must not act here
     try:
         restricted.start()
