@@ -237,6 +237,14 @@ class Bed:
         else:
             self._testbed("destroy")
 
+    def pids(self) -> list[int]:
+        """The control plane's processes (from `hack/testbed.py`'s pid files)."""
+        pids = []
+        for pid_file in (self.root / "run").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pids.append(int(json.loads(pid_file.read_text())["pid"]))
+        return pids
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,

@@ -7,6 +7,7 @@ import contextlib
 import http.client
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -51,6 +52,34 @@ class Phase:
     peak_rss_mib: float | None = None
     api: dict[str, float] = field(default_factory=dict)  # API requests by "VERB resource"
     objects: int = 0  # what the phase is about (releases, or drift checks)
+    # CPU the rest of the machine used meanwhile (not the contender, the control plane or the
+    # harness), in cores: other work on a shared machine, which slows every wall time.
+    others_cores: float | None = None
+
+
+class Others:
+    """Measures `Phase.others_cores` over a window."""
+
+    def __init__(self, ctx: Context, pid: int | None = None) -> None:
+        self.ctx = ctx
+        self.pid = pid
+        self.started = time.monotonic()
+        self.machine = measure.machine_busy()
+        self.ours = self._ours()
+        self.contender = measure.pids_cpu([pid]) if pid is not None else 0.0
+
+    def _ours(self) -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        pids = [*self.ctx.bed.pids(), self.ctx.repo.process.pid]
+        return usage.ru_utime + usage.ru_stime + measure.pids_cpu(pids)
+
+    def cores(self, contender_cpu: float | None = None) -> float:
+        """`contender_cpu`: the contender's CPU in the window (default: the pid's)."""
+        wall = max(time.monotonic() - self.started, 1e-3)
+        if contender_cpu is None:
+            contender_cpu = (measure.pids_cpu([self.pid]) if self.pid else 0.0) - self.contender
+        others = measure.machine_busy() - self.machine - (self._ours() - self.ours)
+        return max(others - contender_cpu, 0.0) / wall
 
 
 @dataclass
@@ -113,10 +142,10 @@ def _api_delta(api: Api, before: dict[tuple[str, ...], float]) -> dict[str, floa
     after = measure.apiserver_requests(api.metrics())
     changed = measure.delta(after, before)
     out: dict[str, float] = {}
-    for (verb, resource, subresource, dry_run), count in sorted(changed.items()):
-        if resource not in OPERATOR_RESOURCES or verb == "WATCH":
+    for (verb, kind, subresource, dry_run), count in sorted(changed.items()):
+        if kind not in OPERATOR_RESOURCES or verb == "WATCH":
             continue  # (the operator's watches are long-lived; new ones are other clients')
-        what = f"{verb} {resource}" + (f"/{subresource}" if subresource else "")
+        what = f"{verb} {kind}" + (f"/{subresource}" if subresource else "")
         out[what + (" (dry run)" if dry_run else "")] = count
     return out
 
@@ -151,18 +180,25 @@ def run_raw(ctx: Context, size: int, label: str) -> dict[str, Phase]:
     env = {**ctx.bed.env(), **ctx.helm_homes(directory)}
     try:
         started = time.monotonic()
+        others = Others(ctx)
         process = subprocess.Popen(
             [sys.executable, str(BENCH_DIR / "raw_floor.py"), str(plan)], env=env
         )
         code, cpu, rss = _wait4(process)
         wall = time.monotonic() - started
+        busy = others.cores(cpu)
         if code != 0:
             raise BenchError(f"the raw floor failed (exit {code})")
     finally:
         ctx.api.delete_namespaces([namespace])
     return {
         "converge": Phase(
-            wall=wall, cpu=cpu, helm={"upgrade": size}, peak_rss_mib=rss, objects=size
+            wall=wall,
+            cpu=cpu,
+            helm={"upgrade": size},
+            peak_rss_mib=rss,
+            objects=size,
+            others_cores=busy,
         )
     }
 
@@ -223,14 +259,18 @@ def _helmfile(ctx: Context, directory: Path, command: str, size: int, phase: str
     ]  # fmt: skip
     with (directory / f"{phase}.log").open("wb") as output:
         started = time.monotonic()
+        others = Others(ctx)
         process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
         code, cpu, rss = _wait4(process)
         wall = time.monotonic() - started
+        busy = others.cores(cpu)
     if code != 0:
         tail = (directory / f"{phase}.log").read_text(errors="replace")[-1500:]
         raise BenchError(f"helmfile {command} failed (exit {code}):\n{tail}")
     commands = Counter(log.read_text().split()) if log.exists() else Counter()
-    return Phase(wall=wall, cpu=cpu, helm=dict(commands), peak_rss_mib=rss, objects=size)
+    return Phase(
+        wall=wall, cpu=cpu, helm=dict(commands), peak_rss_mib=rss, objects=size, others_cores=busy
+    )
 
 
 def run_helmfile(ctx: Context, size: int, command: str, label: str) -> dict[str, Phase]:
@@ -435,8 +475,10 @@ def run_operator(
 
         with operator.profiled("converge"):
             started = time.monotonic()
+            others = Others(ctx, operator.pid)
             ctx.bed.kubectl("apply", "--server-side", "-f", str(directory / "states.json"))
             done = watch.wait(converged, ctx.timeout, f"{label}: states Ready")
+            busy = others.cores()
             cpu_after = ctx.quiet(operator.pid)
         memory = measure.proc_memory(operator.pid)
         metrics_after = operator.scrape()
@@ -444,7 +486,7 @@ def run_operator(
         used = cpu_after - cpu_before
         phases["converge"] = Phase(
             wall=done - started, cpu=used.total, cpu_own=used.own, helm=helm, helm_errors=errors,
-            peak_rss_mib=memory.get("VmHWM"), objects=size,
+            peak_rss_mib=memory.get("VmHWM"), objects=size, others_cores=busy,
         )  # fmt: skip
 
         # 2. a forced resync of the unchanged states: no helm upgrade expected.

@@ -66,6 +66,24 @@ def wait_quiet(
     return before
 
 
+def machine_busy() -> float:
+    """Busy CPU seconds of the whole machine since boot (the `cpu` line of /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+def pids_cpu(pids: Iterable[int]) -> float:
+    """CPU seconds (own and reaped children) of the processes that still exist."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += proc_cpu(pid).total
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 # --- Prometheus text ------------------------------------------------------------------------------
 
 

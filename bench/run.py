@@ -208,6 +208,8 @@ def header(
 def print_phase(label: str, name: str, phase: Phase) -> None:
     extra = f", operator {phase.cpu_own:.2f}s" if phase.cpu_own is not None else ""
     rss = f", peak RSS {phase.peak_rss_mib:.0f} MiB" if phase.peak_rss_mib else ""
+    if phase.others_cores is not None:
+        rss += f", other work {phase.others_cores:.2f} cores"
     helm = ", ".join(f"{k} {v}" for k, v in sorted(phase.helm.items()))
     print(
         f"    {label:<22} {name:<13} wall {phase.wall:7.2f}s  CPU {phase.cpu:7.2f}s{extra}{rss}"
