@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import http.client
+import http.server
 import json
 import os
 import shutil
@@ -17,10 +19,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,23 +272,23 @@ class Bed:
 # --- the chart repository ------------------------------------------------------------------------
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128  # 8+ helm processes connect at once; the default backlog is 5
+    daemon_threads = True
+
+
 @dataclass
 class ChartRepo:
-    """bench/charts/trivial packaged, indexed and served by `python -m http.server` on 127.0.0.1."""
+    """bench/charts/trivial packaged, indexed and served on 127.0.0.1 from a thread of the
+    harness (a separate server process could be stopped by someone else's cleanup mid-run)."""
 
     directory: Path
     url: str
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -299,24 +302,15 @@ def chart_repo(helm: Path, parent: Path) -> Iterator[ChartRepo]:
         stdout=subprocess.DEVNULL,
     )
     shutil.rmtree(directory / ".cache", ignore_errors=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = _Server(("127.0.0.1", 0), handler)
+    url = f"http://127.0.0.1:{server.server_address[1]}"
     subprocess.run([str(helm), "repo", "index", str(directory), "--url", url], check=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        cwd=directory,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    repo = ChartRepo(directory, url, process)
+    thread = threading.Thread(target=server.serve_forever, name="chart-repo", daemon=True)
+    thread.start()
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise BenchError("the chart repository did not start")
-            time.sleep(0.1)
-        yield repo
+        yield ChartRepo(directory, url)
     finally:
-        repo.stop()
+        server.shutdown()
+        server.server_close()
+        shutil.rmtree(directory, ignore_errors=True)

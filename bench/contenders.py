@@ -55,6 +55,9 @@ class Phase:
     # CPU the rest of the machine used meanwhile (not the contender, the control plane or the
     # harness), in cores: other work on a shared machine, which slows every wall time.
     others_cores: float | None = None
+    # CPU seconds of the control plane (etcd, API server, controllers, kwok) meanwhile: the
+    # API work the contender causes shares the same cores.
+    control_plane_cpu: float | None = None
 
 
 class Others:
@@ -66,12 +69,13 @@ class Others:
         self.started = time.monotonic()
         self.machine = measure.machine_busy()
         self.ours = self._ours()
+        self.bed = measure.pids_cpu(ctx.bed.pids())
         self.contender = measure.pids_cpu([pid]) if pid is not None else 0.0
 
     def _ours(self) -> float:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        pids = [*self.ctx.bed.pids(), self.ctx.repo.process.pid]
-        return usage.ru_utime + usage.ru_stime + measure.pids_cpu(pids)
+        # The harness (its chart repository and watch threads included) and the control plane.
+        return usage.ru_utime + usage.ru_stime + measure.pids_cpu(self.ctx.bed.pids())
 
     def cores(self, contender_cpu: float | None = None) -> float:
         """`contender_cpu`: the contender's CPU in the window (default: the pid's)."""
@@ -80,6 +84,9 @@ class Others:
             contender_cpu = (measure.pids_cpu([self.pid]) if self.pid else 0.0) - self.contender
         others = measure.machine_busy() - self.machine - (self._ours() - self.ours)
         return max(others - contender_cpu, 0.0) / wall
+
+    def control_plane(self) -> float:
+        return measure.pids_cpu(self.ctx.bed.pids()) - self.bed
 
 
 @dataclass
@@ -199,6 +206,7 @@ def run_raw(ctx: Context, size: int, label: str) -> dict[str, Phase]:
             peak_rss_mib=rss,
             objects=size,
             others_cores=busy,
+            control_plane_cpu=others.control_plane(),
         )
     }
 
@@ -269,8 +277,9 @@ def _helmfile(ctx: Context, directory: Path, command: str, size: int, phase: str
         raise BenchError(f"helmfile {command} failed (exit {code}):\n{tail}")
     commands = Counter(log.read_text().split()) if log.exists() else Counter()
     return Phase(
-        wall=wall, cpu=cpu, helm=dict(commands), peak_rss_mib=rss, objects=size, others_cores=busy
-    )
+        wall=wall, cpu=cpu, helm=dict(commands), peak_rss_mib=rss, objects=size,
+        others_cores=busy, control_plane_cpu=others.control_plane(),
+    )  # fmt: skip
 
 
 def run_helmfile(ctx: Context, size: int, command: str, label: str) -> dict[str, Phase]:
@@ -479,6 +488,7 @@ def run_operator(
             ctx.bed.kubectl("apply", "--server-side", "-f", str(directory / "states.json"))
             done = watch.wait(converged, ctx.timeout, f"{label}: states Ready")
             busy = others.cores()
+            control_plane = others.control_plane()
             cpu_after = ctx.quiet(operator.pid)
         memory = measure.proc_memory(operator.pid)
         metrics_after = operator.scrape()
@@ -487,6 +497,7 @@ def run_operator(
         phases["converge"] = Phase(
             wall=done - started, cpu=used.total, cpu_own=used.own, helm=helm, helm_errors=errors,
             peak_rss_mib=memory.get("VmHWM"), objects=size, others_cores=busy,
+            control_plane_cpu=control_plane,
         )  # fmt: skip
 
         # 2. a forced resync of the unchanged states: no helm upgrade expected.

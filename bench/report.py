@@ -61,9 +61,9 @@ def _states(contender: str, size: int) -> int:
 def converge_table(results: Results) -> list[str]:
     lines = [
         "| N | contender | runs | wall s | x raw | x helmfile sync | CPU s | CPU x raw | "
-        "operator's own CPU s | operator ms / release | peak RSS MiB | other work, cores | "
-        "helm processes (last run) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "operator's own CPU s | operator ms / release | control plane CPU s | peak RSS MiB | "
+        "other work, cores | helm processes (last run) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for size, by in sorted(results.items()):
         raw = median_of(by.get("raw", []), "converge", lambda p: p.wall)
@@ -80,13 +80,15 @@ def converge_table(results: Results) -> list[str]:
             own = median_of(runs, "converge", lambda p: p.cpu_own)
             cpu = median_of(runs, "converge", lambda p: p.cpu)
             others = median_of(runs, "converge", lambda p: p.others_cores)
+            plane = median_of(runs, "converge", lambda p: p.control_plane_cpu)
             cpu_vs_raw = cpu / raw_cpu if cpu is not None and raw_cpu else None
             lines.append(
                 f"| {size} | {LABELS[contender]} | {len(runs)} | {_fmt(wall)} | "
                 f"{_fmt(vs_raw, 2)} | {_fmt(vs_sync, 2)} | "
                 f"{_fmt(cpu)} | {_fmt(cpu_vs_raw, 2)} | "
                 f"{_fmt(own)} | {_fmt(own * 1000 / size if own is not None else None, 0)} | "
-                f"{_fmt(rss, 0)} | {_fmt(others, 2)} | {_helm(runs[-1]['converge'])} |"
+                f"{_fmt(plane)} | {_fmt(rss, 0)} | {_fmt(others, 2)} | "
+                f"{_helm(runs[-1]['converge'])} |"
             )
     return lines
 

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -210,6 +211,8 @@ def print_phase(label: str, name: str, phase: Phase) -> None:
     rss = f", peak RSS {phase.peak_rss_mib:.0f} MiB" if phase.peak_rss_mib else ""
     if phase.others_cores is not None:
         rss += f", other work {phase.others_cores:.2f} cores"
+    if phase.control_plane_cpu is not None:
+        rss += f", control plane CPU {phase.control_plane_cpu:.1f}s"
     helm = ", ".join(f"{k} {v}" for k, v in sorted(phase.helm.items()))
     print(
         f"    {label:<22} {name:<13} wall {phase.wall:7.2f}s  CPU {phase.cpu:7.2f}s{extra}{rss}"
@@ -218,8 +221,16 @@ def print_phase(label: str, name: str, phase: Phase) -> None:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # ^C and SIGTERM stop the run through the `finally` blocks: the operator, the namespaces and
+    # the control plane are cleaned up. (A background job of a script starts with SIGINT ignored.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.report_only is not None:
         return report_only(args)
     flags = sys.argv[1:] if argv is None else argv
