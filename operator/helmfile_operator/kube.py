@@ -17,11 +17,18 @@ from kubernetes.client.exceptions import ApiException
 from helmfile_operator.api.models import GROUP, VERSION
 
 FIELD_MANAGER = "helmfile-operator"
+# (connect, read) seconds for every request: a half-open connection must end in an error that the
+# queue retries, never hang a worker. Lists of Helm storage can be large: the read bound is wide.
+REQUEST_TIMEOUT = (10.0, 60.0)
 STATES = "helmfilestates"
 RELEASES = "helmfilereleases"
 
 Body = dict[str, Any]
 T = TypeVar("T")
+
+
+class FinalizerConflict(Exception):
+    """The object's finalizers changed since it was read: read it again and retry."""
 
 
 class Kube:
@@ -44,7 +51,7 @@ class Kube:
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         def call() -> Any:
-            response = fn(*args, _preload_content=False, **kwargs)
+            response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
             data = response.data
             return json.loads(data) if data else None
 
@@ -121,10 +128,48 @@ class Kube:
             _content_type="application/merge-patch+json",
         )
 
+    async def set_finalizers(
+        self, plural: str, namespace: str, name: str, resource_version: str, wanted: list[str]
+    ) -> None:
+        """Write the finalizers only if the object is still at `resource_version` (optimistic
+        concurrency): a stale read can never drop a finalizer another controller added."""
+        patch = {"metadata": {"finalizers": wanted or None, "resourceVersion": resource_version}}
+        try:
+            await self._maybe(
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            if error.status == 409:
+                raise FinalizerConflict(f"{plural} {namespace}/{name} changed meanwhile") from None
+            raise
+
     async def delete(self, plural: str, namespace: str, name: str) -> None:
         await self._maybe(
             self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
         )
+
+    async def list_all(self, plural: str, namespace: str | None = None) -> list[Body]:
+        """Every object of the kind (in one namespace, or cluster-wide)."""
+        if namespace is None:
+            result = await self._call(
+                self.custom.list_cluster_custom_object, GROUP, VERSION, plural
+            )
+        else:
+            result = await self._call(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+            )
+        items: list[Body] = result["items"]
+        return items
+
+    async def create_event(self, namespace: str, body: Body) -> None:
+        await self._call(self.core.create_namespaced_event, namespace, body)
 
     # --- core objects ---
 

@@ -12,84 +12,143 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from helmfile_operator import __version__
 
 # Helm actions take seconds to minutes; a reconcile without helm takes milliseconds.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
-RECONCILE_DURATION = Histogram(
-    "helmfile_operator_reconcile_duration_seconds",
-    "Duration of one reconcile pass.",
-    ["kind", "result"],
-    buckets=_DURATION_BUCKETS,
-)
-RECONCILE_TOTAL = Counter(
-    "helmfile_operator_reconcile_total", "Reconcile passes.", ["kind", "result"]
-)
-HELM_DURATION = Histogram(
-    "helmfile_operator_helm_command_duration_seconds",
-    "Duration of helm processes.",
-    ["command", "result"],
-    buckets=_DURATION_BUCKETS,
-)
-HELM_TOTAL = Counter(
-    "helmfile_operator_helm_commands_total", "helm processes run.", ["command", "result"]
-)
-RELEASE_ACTIONS = Counter(
-    "helmfile_operator_release_actions_total",
-    "Install/upgrade/uninstall actions taken on releases, by outcome.",
-    ["action", "result"],
-)
-REMEDIATIONS = Counter(
-    "helmfile_operator_remediations_total",
-    "Remediations of failed releases: rollback, uninstall (after a failed install), retry.",
-    ["action"],
-)
-DRIFT_DETECTIONS = Counter(
-    "helmfile_operator_drift_detections_total", "Drift checks that found a release drifted."
-)
-DRIFTED_RELEASES = Gauge("helmfile_operator_drifted_releases", "Releases currently drifted.")
-HELM_IN_FLIGHT = Gauge("helmfile_operator_helm_in_flight", "helm processes running now.")
-QUEUE_DEPTH = Gauge("helmfile_operator_queue_depth", "Objects waiting for a reconcile pass.")
-RECONCILES_IN_FLIGHT = Gauge(
-    "helmfile_operator_reconciles_in_flight", "Objects being reconciled now."
-)
-RELEASE_CONDITION = Gauge(
-    "helmfile_operator_release_condition",
-    "1 for the current status of each condition of each HelmfileRelease.",
-    ["namespace", "name", "condition", "status"],
-)
-STATE_CONDITION = Gauge(
-    "helmfile_operator_state_condition",
-    "1 for the current status of each condition of each HelmfileState.",
-    ["namespace", "name", "condition", "status"],
-)
-STATE_LAST_SUCCESS = Gauge(
-    "helmfile_operator_state_last_success_timestamp_seconds",
-    "When each HelmfileState was last seen Ready (Unix time).",
-    ["namespace", "name"],
-)
-BUILD_INFO = Gauge(
-    "helmfile_operator_build_info",
-    "Versions of the operator and helm.",
-    ["version", "helm_version"],
-)
-
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Released", "Remediated", "Drifted")
 _STATUSES = ("True", "False", "Unknown")
 
 
-def observe_helm(command: str, result: str, seconds: float) -> None:
-    """HelmClient's `on_command` hook."""
-    HELM_DURATION.labels(command, result).observe(seconds)
-    HELM_TOTAL.labels(command, result).inc()
+class Metrics:
+    """Every metric of one operator, in a registry of its own (no process-wide state: tests and
+    tools can run several)."""
 
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.reconcile_duration = Histogram(
+            "helmfile_operator_reconcile_duration_seconds",
+            "Duration of one reconcile pass.",
+            ["kind", "result"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_total = Counter(
+            "helmfile_operator_reconcile_total", "Reconcile passes.", ["kind", "result"], registry=r
+        )
+        self.helm_duration = Histogram(
+            "helmfile_operator_helm_command_duration_seconds",
+            "Duration of helm processes.",
+            ["command", "result"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.helm_total = Counter(
+            "helmfile_operator_helm_commands_total",
+            "helm processes run.",
+            ["command", "result"],
+            registry=r,
+        )
+        self.release_actions = Counter(
+            "helmfile_operator_release_actions_total",
+            "Install/upgrade/uninstall actions taken on releases, by outcome.",
+            ["action", "result"],
+            registry=r,
+        )
+        self.remediations = Counter(
+            "helmfile_operator_remediations_total",
+            "Remediations of failed releases: rollback, uninstall (after a failed install), retry.",
+            ["action"],
+            registry=r,
+        )
+        self.drift_detections = Counter(
+            "helmfile_operator_drift_detections_total",
+            "Drift checks that found a release drifted.",
+            registry=r,
+        )
+        self.drifted_releases = Gauge(
+            "helmfile_operator_drifted_releases", "Releases currently drifted.", registry=r
+        )
+        self.helm_in_flight = Gauge(
+            "helmfile_operator_helm_in_flight", "helm processes running now.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "helmfile_operator_queue_depth", "Objects waiting for a reconcile pass.", registry=r
+        )
+        self.reconciles_in_flight = Gauge(
+            "helmfile_operator_reconciles_in_flight", "Objects being reconciled now.", registry=r
+        )
+        self.workers = Gauge(
+            "helmfile_operator_workers",
+            "Reconcile worker tasks alive (equals the max_concurrent_reconciles setting).",
+            registry=r,
+        )
+        self.release_condition = Gauge(
+            "helmfile_operator_release_condition",
+            "1 for the current status of each condition of each HelmfileRelease.",
+            ["namespace", "name", "condition", "status"],
+            registry=r,
+        )
+        self.state_condition = Gauge(
+            "helmfile_operator_state_condition",
+            "1 for the current status of each condition of each HelmfileState.",
+            ["namespace", "name", "condition", "status"],
+            registry=r,
+        )
+        self.state_last_success = Gauge(
+            "helmfile_operator_state_last_success_timestamp_seconds",
+            "When each HelmfileState was last seen Ready (Unix time).",
+            ["namespace", "name"],
+            registry=r,
+        )
+        self.build_info = Gauge(
+            "helmfile_operator_build_info",
+            "Versions of the operator and helm.",
+            ["version", "helm_version"],
+            registry=r,
+        )
 
-def observe_reconcile(kind: str, result: str, seconds: float) -> None:
-    RECONCILE_DURATION.labels(kind, result).observe(seconds)
-    RECONCILE_TOTAL.labels(kind, result).inc()
+    def observe_helm(self, command: str, result: str, seconds: float) -> None:
+        """HelmClient's `on_command` hook."""
+        self.helm_duration.labels(command, result).observe(seconds)
+        self.helm_total.labels(command, result).inc()
+
+    def observe_reconcile(self, kind: str, result: str, seconds: float) -> None:
+        self.reconcile_duration.labels(kind, result).observe(seconds)
+        self.reconcile_total.labels(kind, result).inc()
+
+    def record_release(self, namespace: str, name: str, conditions: list[dict[str, str]]) -> None:
+        _set_conditions(self.release_condition, namespace, name, conditions)
+
+    def forget_release(self, namespace: str, name: str) -> None:
+        _forget_conditions(self.release_condition, namespace, name)
+
+    def record_state(self, namespace: str, name: str, conditions: list[dict[str, str]]) -> None:
+        _set_conditions(self.state_condition, namespace, name, conditions)
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+            self.state_last_success.labels(namespace, name).set(time.time())
+
+    def forget_state(self, namespace: str, name: str) -> None:
+        _forget_conditions(self.state_condition, namespace, name)
+        _remove(self.state_last_success, namespace, name)
+
+    def set_build_info(self, helm_version: str) -> None:
+        self.build_info.clear()
+        self.build_info.labels(__version__, helm_version).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 def _set_conditions(
@@ -115,35 +174,13 @@ def _forget_conditions(gauge: Gauge, namespace: str, name: str) -> None:
             _remove(gauge, namespace, name, type_, status)
 
 
-def record_release(namespace: str, name: str, conditions: list[dict[str, str]]) -> None:
-    _set_conditions(RELEASE_CONDITION, namespace, name, conditions)
-
-
-def forget_release(namespace: str, name: str) -> None:
-    _forget_conditions(RELEASE_CONDITION, namespace, name)
-
-
-def record_state(namespace: str, name: str, conditions: list[dict[str, str]]) -> None:
-    _set_conditions(STATE_CONDITION, namespace, name, conditions)
-    if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
-        STATE_LAST_SUCCESS.labels(namespace, name).set(time.time())
-
-
-def forget_state(namespace: str, name: str) -> None:
-    _forget_conditions(STATE_CONDITION, namespace, name)
-    _remove(STATE_LAST_SUCCESS, namespace, name)
-
-
-def set_build_info(helm_version: str) -> None:
-    BUILD_INFO.clear()
-    BUILD_INFO.labels(__version__, helm_version).set(1)
-
-
-async def start_server(port: int, ready: Callable[[], bool]) -> web.AppRunner:
+async def start_server(port: int, metrics_: Metrics, ready: Callable[[], bool]) -> web.AppRunner:
     """/metrics and /readyz on `port` (all interfaces: Prometheus scrapes the pod IP)."""
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=metrics_.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def readyz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n") if ready() else web.Response(status=503, text="starting\n")

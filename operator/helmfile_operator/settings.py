@@ -30,3 +30,9 @@ class Settings(BaseSettings):
     )
     retry_max_seconds: float = Field(default=300.0, gt=0, description="Cap of the retry delay.")
     uninstall_timeout_seconds: float = Field(default=300.0, gt=0)
+    index_audit_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How often the release index is checked against the API (0: never); "
+        "prunes objects whose deletion a watch gap hid.",
+    )

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helmfile_operator.api.models import API_VERSION, ChartReference, HelmOptions
-from helmfile_operator.helm.client import HistoryRecord, ReleaseResult
-from helmfile_operator.helm.errors import HelmError, HelmErrorKind
+from helmfile_operator.helm import HelmError, HelmErrorKind, HistoryRecord, ReleaseInfo
 from helmfile_operator.helm.storage import HELM_SECRET_TYPE, secret_name
-from helmfile_operator.kube import RELEASES, STATES
+from helmfile_operator.kube import RELEASES, STATES, FinalizerConflict
 from helmfile_operator.reconcile.context import ObjectKey, Reconciler
 from helmfile_operator.reconcile.workqueue import WorkQueue
 
@@ -86,6 +85,7 @@ class FakeKube:
         self.secrets: dict[tuple[str, str], Body] = {}
         self.config_maps: dict[tuple[str, str], Body] = {}
         self.writes: list[Write] = []
+        self.events: list[Body] = []
         self._applied_keys: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
         self._uids = itertools.count(1)
         self._clock = itertools.count(1)
@@ -211,6 +211,31 @@ class FakeKube:
         if body["metadata"].get("deletionTimestamp") and not body["metadata"].get("finalizers"):
             del self.objects[key]
 
+    async def set_finalizers(
+        self, plural: str, namespace: str, name: str, resource_version: str, wanted: list[str]
+    ) -> None:
+        """Like the API server with a resourceVersion precondition: 409 when it moved on."""
+        await asyncio.sleep(0)
+        body = self.objects.get((plural, namespace, name))
+        if body is None:
+            return
+        current = body["metadata"].get("resourceVersion")
+        if resource_version and current is not None and current != resource_version:
+            raise FinalizerConflict(f"{plural} {namespace}/{name} changed meanwhile")
+        await self.patch_metadata(plural, namespace, name, {"finalizers": wanted or None})
+
+    async def list_all(self, plural: str, namespace: str | None = None) -> list[Body]:
+        await asyncio.sleep(0)
+        return [
+            copy.deepcopy(body)
+            for (p, ns, _), body in sorted(self.objects.items())
+            if p == plural and (namespace is None or ns == namespace)
+        ]
+
+    async def create_event(self, namespace: str, body: Body) -> None:
+        await asyncio.sleep(0)
+        self.events.append(copy.deepcopy(body))
+
     async def delete(self, plural: str, namespace: str, name: str) -> None:
         await asyncio.sleep(0)
         self.writes.append(Write("delete", plural, namespace, name))
@@ -264,6 +289,7 @@ class FakeKube:
         *,
         config: dict[str, Any] | None = None,
         manifest: str = "",
+        created: str = "2020-01-01T00:00:00Z",
     ) -> None:
         """A storage Secret as helm's Secret driver writes it: base64(gzip(JSON)) of the release
         (values in `config`, as helm keeps them), labelled with revision and status."""
@@ -282,6 +308,7 @@ class FakeKube:
             "metadata": {
                 "name": name,
                 "namespace": namespace,
+                "creationTimestamp": created,
                 "labels": {
                     "owner": "helm",
                     "name": release,
@@ -339,6 +366,7 @@ class FakeHelm:
         self.kube = kube
         self.calls: list[HelmCall] = []
         self.failures: dict[str, HelmError] = {}
+        self.in_flight = 0
 
     def fail(self, verb: str, kind: HelmErrorKind, message: str = "it broke") -> None:
         command = "upgrade" if verb == "upgrade_install" else verb
@@ -375,7 +403,7 @@ class FakeHelm:
         options: HelmOptions,
         impersonate: str | None = None,
         **extra: Any,
-    ) -> ReleaseResult:
+    ) -> ReleaseInfo:
         self._record(
             "upgrade_install",
             release,
@@ -400,7 +428,7 @@ class FakeHelm:
         self.kube.put_revision(
             namespace, release, revision, "deployed", config=values, manifest=manifest
         )
-        return ReleaseResult(
+        return ReleaseInfo(
             name=release,
             namespace=namespace,
             revision=revision,

@@ -21,8 +21,7 @@ from typing import Any
 import pytest
 
 from helmfile_operator.api.models import ChartReference, ChartRepository, HelmOptions
-from helmfile_operator.helm.client import HelmClient, RepositoryCredentials
-from helmfile_operator.helm.errors import HelmError, HelmErrorKind
+from helmfile_operator.helm import HelmClient, HelmError, HelmErrorKind, RepositoryCredentials
 
 SECRET = "s3cr3t-value-nobody-may-see"
 PASSWORD = "repo-p4ssw0rd-nobody-may-see"
@@ -243,27 +242,17 @@ async def test_oci_credentials_log_in_to_a_private_registry_config(fake: FakeHel
     assert up["argv"][-1] == "oci://ghcr.io/org/demo-app"
 
 
-async def test_history_and_status(fake: FakeHelm) -> None:
+async def test_history(fake: FakeHelm) -> None:
     fake.on(
         "history",
         stdout=json.dumps(
             [{"revision": 1, "status": "deployed", "chart": "demo-app-0.1.0", "app_version": "1"}]
         ),
     )
-    fake.on(
-        "get",
-        stdout=json.dumps(
-            {"name": "demo", "chart": "demo-app", "version": "0.1.0", "revision": 4, "status": "x"}
-        ),
-    )
     client = fake.client()
     [record] = await client.history(release="demo", namespace="apps", max=3)
     assert (record.revision, record.status, record.chart) == (1, "deployed", "demo-app-0.1.0")
     assert "--max=3" in fake.calls("history")[0]["argv"]
-    status = await client.status(release="demo", namespace="apps")
-    assert status is not None
-    assert (status.revision, status.chart_name, status.status) == (4, "demo-app", "x")
-    assert fake.calls("get")[0]["argv"][:2] == ["get", "metadata"]
 
 
 async def test_rollback(fake: FakeHelm) -> None:
@@ -313,16 +302,38 @@ async def test_secrets_are_redacted_from_errors(fake: FakeHelm) -> None:
 
 
 async def test_not_found_handling(fake: FakeHelm) -> None:
-    for command in ("history", "get", "uninstall"):
+    for command in ("history", "uninstall"):
         fake.on(command, exit=1, stderr="Error: release: not found\n")
     client = fake.client()
     assert await client.history(release="demo", namespace="apps") == []
-    assert await client.status(release="demo", namespace="apps") is None
     await client.uninstall(
         release="demo", namespace="apps", timeout_seconds=5, ignore_not_found=True
     )
     with pytest.raises(HelmError) as caught:
         await client.uninstall(release="demo", namespace="apps", timeout_seconds=5)
+    assert caught.value.kind is HelmErrorKind.RELEASE_NOT_FOUND
+
+
+async def test_output_over_the_bound_is_a_helm_error(fake: FakeHelm) -> None:
+    fake.on("upgrade", stdout=RELEASE_JSON)
+    seen: list[tuple[str, str, float]] = []
+    client = fake.client(on_command=lambda *a: seen.append(a))
+    client.runner.max_stdout_bytes = len(RELEASE_JSON) - 1
+    with pytest.raises(HelmError) as caught:
+        await upgrade(client)
+    assert caught.value.kind is HelmErrorKind.UNKNOWN
+    assert caught.value.retryable
+    assert "stdout" in caught.value.message
+    assert SECRET not in str(caught.value)
+    assert seen[-1][:2] == ("upgrade", "error")
+
+
+async def test_failure_with_cut_stdout_is_still_classified(fake: FakeHelm) -> None:
+    fake.on("upgrade", stdout="x" * 100, exit=1, stderr="Error: release: not found\n")
+    client = fake.client()
+    client.runner.max_stdout_bytes = 10
+    with pytest.raises(HelmError) as caught:
+        await upgrade(client)
     assert caught.value.kind is HelmErrorKind.RELEASE_NOT_FOUND
 
 
@@ -392,7 +403,7 @@ async def test_concurrency_is_bounded(fake: FakeHelm) -> None:
     await watcher
     assert highest == 2
     assert client.in_flight == 0
-    assert client.queued == 0
+    assert client.runner.queued == 0
     # The processes themselves never overlapped by more than two.
     starts = {c["pid"]: c["start"] for c in fake.calls("history")}
     ends = {e["pid"]: e["end"] for e in fake.ends()}

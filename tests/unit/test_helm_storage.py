@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from helmfile_operator.helm import ReleaseInfo
 from helmfile_operator.helm.storage import (
     HELM_SECRET_TYPE,
     StorageDecodeError,
-    StoredRelease,
     decode_release,
     decode_release_json,
     label_selector,
@@ -90,7 +90,7 @@ def storage_secret(release: dict[str, Any], *, compress: bool = True) -> dict[st
 def test_decode_round_trip(compress: bool) -> None:
     release = release_json(revision=3, status="failed", chart_version="0.2.0")
     stored = decode_release(encode_release_data(release, compress=compress))
-    assert stored == StoredRelease(
+    assert stored == ReleaseInfo(
         name="demo",
         namespace="apps",
         revision=3,
@@ -128,6 +128,7 @@ def test_missing_fields_are_empty() -> None:
         base64.b64encode(base64.b64encode(b"\x1f\x8b\x08garbage")).decode(),
         base64.b64encode(base64.b64encode(b"{not json")).decode(),
         base64.b64encode(base64.b64encode(b"[1, 2]")).decode(),
+        encode_release_data({"name": "x", "version": "two"}),
     ],
 )
 def test_malformed_data(data: str) -> None:

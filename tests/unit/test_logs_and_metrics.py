@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from prometheus_client import REGISTRY
-
-from helmfile_operator import metrics
 from helmfile_operator.logs import JsonFormatter, configure_logging
+from helmfile_operator.metrics import Metrics
 
 
 def test_json_log_lines_are_json_objects() -> None:
@@ -35,8 +33,11 @@ def test_configure_logging_quietens_client_debug_output() -> None:
     configure_logging("text", verbose=False)
 
 
+metrics = Metrics()
+
+
 def _series(metric: str, /, **labels: str) -> float | None:
-    return REGISTRY.get_sample_value(metric, labels)
+    return metrics.registry.get_sample_value(metric, labels)
 
 
 def test_release_condition_series_follow_the_object() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import logging
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import pytest
 from fakes import CHART, NAMESPACE, World, condition, release_body
 
 from helmfile_operator.api.models import ChartReference
-from helmfile_operator.helm.errors import HelmErrorKind
+from helmfile_operator.helm import HelmErrorKind
 from helmfile_operator.kube import RELEASES
 from helmfile_operator.reconcile import release as release_module
 from helmfile_operator.reconcile.context import (
@@ -260,7 +261,7 @@ async def test_failed_atomic_upgrade_is_rolled_back_and_retried_with_backoff(
     await reconcile(world)
 
     assert world.helm.verbs == ["upgrade_install", "rollback"]
-    assert world.helm.calls[1].kwargs["revision"] is None  # the previous revision
+    assert world.helm.calls[1].kwargs["revision"] == 1  # the last deployed revision
     assert world.kube.storage(TARGET, "web") == {1: "superseded", 2: "failed", 3: "deployed"}
     st = status(world)
     assert st["failures"] == 1
@@ -275,12 +276,12 @@ async def test_failed_atomic_upgrade_is_rolled_back_and_retried_with_backoff(
     assert "Timeout" in ready["message"] and "retry 1/3" in ready["message"]
     assert_condition(world, "Reconciling", "True")
     assert cond(world, "Stalled") is None
-    assert world.pending_delay(key()) == pytest.approx(1, abs=0.1)  # backoff(1) = base
+    assert world.pending_delay(key()) == pytest.approx(1, abs=0.25)  # backoff(1) = base ± 20 %
 
     # Within the backoff: nothing runs, the retry stays scheduled.
     await reconcile(world)
     assert world.helm.verbs == ["upgrade_install", "rollback"]
-    assert world.pending_delay(key()) == pytest.approx(1, abs=0.1)
+    assert world.pending_delay(key()) == pytest.approx(1, abs=0.25)
 
     # Backoff over (the timer fired): retried, failing again doubles the delay.
     world.queue.shutdown()
@@ -288,7 +289,7 @@ async def test_failed_atomic_upgrade_is_rolled_back_and_retried_with_backoff(
     await reconcile(world)
     assert world.helm.verbs == ["upgrade_install", "rollback", "upgrade_install", "rollback"]
     assert status(world)["failures"] == 2
-    assert world.pending_delay(key()) == pytest.approx(2, abs=0.1)
+    assert world.pending_delay(key()) == pytest.approx(2, abs=0.45)
 
     # helm recovers: the next retry succeeds and clears the failure state.
     world.helm.heal()
@@ -345,11 +346,18 @@ async def test_retries_zero_stalls_at_the_first_failure(
     assert "1 failed attempts" in stalled["message"]
     assert_condition(world, "Ready", "False", "UpgradeFailed")
     assert cond(world, "Reconciling") is None
-    assert world.pending_delay(key()) == pytest.approx(INTERVAL, abs=1)  # no retry
+    assert world.pending_delay(key()) == pytest.approx(INTERVAL, abs=1)  # no retry before
 
-    elapsed(3600)
+    elapsed(INTERVAL / 2)
     await reconcile(world)
     assert world.helm.verbs == ["upgrade_install", "rollback"]  # Stalled: nothing runs
+    # Re-evaluated every interval: a fixed environment recovers by itself.
+    world.helm.heal()
+    elapsed(INTERVAL + 1)
+    await reconcile(world)
+    assert world.helm.verbs == ["upgrade_install", "rollback", "upgrade_install"]
+    assert_condition(world, "Ready", "True", "Upgraded")
+    assert cond(world, "Stalled") is None
 
 
 async def test_retries_exhausted_stalls(world: World, elapsed: Callable[[float], None]) -> None:
@@ -366,8 +374,14 @@ async def test_retries_exhausted_stalls(world: World, elapsed: Callable[[float],
     assert world.helm.verbs == ["upgrade_install", "rollback"] * 2
     assert status(world)["failures"] == 2
     assert_condition(world, "Stalled", "True", "UpgradeFailed")
+    elapsed(1)
     await reconcile(world)
     assert len(world.helm.calls) == 4
+    # Still failing an interval later: tried once more, still Stalled.
+    elapsed(2 * 3600)
+    await reconcile(world)
+    assert len(world.helm.calls) == 6
+    assert_condition(world, "Stalled", "True", "UpgradeFailed")
 
 
 async def test_new_spec_resets_failures_and_retries_immediately(
@@ -429,7 +443,7 @@ async def test_failed_install_is_uninstalled(world: World) -> None:
     assert st["lastAttempted"]["action"] == "install"
     assert_condition(world, "Remediated", "True", "Uninstalled")
     assert_condition(world, "Ready", "False", "InstallFailed")
-    assert world.pending_delay(key()) == pytest.approx(1, abs=0.1)
+    assert world.pending_delay(key()) == pytest.approx(1, abs=0.25)
 
 
 async def test_non_retryable_error_stalls_at_once(
@@ -440,16 +454,17 @@ async def test_non_retryable_error_stalls_at_once(
 
     await reconcile(world)
 
-    assert world.helm.verbs == ["upgrade_install", "uninstall"]
+    # helm stored no revision: nothing to uninstall.
+    assert world.helm.verbs == ["upgrade_install"]
     assert status(world)["failures"] == 1  # far below retries (3)
     stalled = assert_condition(world, "Stalled", "True", "InstallFailed")
     assert "ChartNotFound" in stalled["message"] and "not retryable" in stalled["message"]
     assert_condition(world, "Ready", "False", "InstallFailed")
     assert cond(world, "Reconciling") is None
 
-    elapsed(3600)
+    elapsed(INTERVAL / 2)
     await reconcile(world)
-    assert world.helm.verbs == ["upgrade_install", "uninstall"]
+    assert world.helm.verbs == ["upgrade_install"]
 
 
 # --- locked storage → recover -------------------------------------------------------------------
@@ -461,13 +476,13 @@ async def test_pending_install_is_recovered_by_uninstalling(world: World) -> Non
 
     await reconcile(world)
 
-    assert world.helm.verbs == ["history", "uninstall"]
-    assert world.helm.calls[1].kwargs["ignore_not_found"] is True
+    assert world.helm.verbs == ["uninstall"]
+    assert world.helm.calls[0].kwargs["ignore_not_found"] is True
     assert world.kube.storage(TARGET, "web") == {}
     assert world.pending_delay(key()) == pytest.approx(0, abs=0.1)  # re-evaluate at once
 
     await reconcile(world)
-    assert world.helm.verbs == ["history", "uninstall", "upgrade_install"]
+    assert world.helm.verbs == ["uninstall", "upgrade_install"]
     assert_condition(world, "Ready", "True", "Installed")
 
 
@@ -480,24 +495,24 @@ async def test_pending_upgrade_is_rolled_back_to_the_last_good_revision(world: W
 
     await reconcile(world)
 
-    assert world.helm.verbs == ["history", "rollback"]
-    assert world.helm.calls[1].kwargs["revision"] == 2
-    assert world.helm.calls[1].kwargs["wait"] is False
+    assert world.helm.verbs == ["rollback"]
+    assert world.helm.calls[0].kwargs["revision"] == 2
+    assert world.helm.calls[0].kwargs["wait"] is False
     assert world.kube.storage(TARGET, "web")[5] == "deployed"
     assert world.pending_delay(key()) == pytest.approx(0, abs=0.1)
 
 
 async def test_failed_recovery_backs_off(world: World) -> None:
     world.kube.put_revision(TARGET, "web", 1, "pending-install")
-    world.helm.fail("history", HelmErrorKind.CONNECTION, "connection refused")
+    world.helm.fail("uninstall", HelmErrorKind.CONNECTION, "connection refused")
     world.kube.create(RELEASES, release_body())
 
     await reconcile(world)
 
-    assert world.helm.verbs == ["history"]
+    assert world.helm.verbs == ["uninstall"]
     assert status(world)["failures"] == 1
     assert_condition(world, "Ready", "False", "RecoverFailed")
-    assert world.pending_delay(key()) == pytest.approx(1, abs=0.1)
+    assert world.pending_delay(key()) == pytest.approx(1, abs=0.25)
 
 
 # --- installed: false, suspend ------------------------------------------------------------------
@@ -542,7 +557,7 @@ async def test_failed_uninstall_is_retried(world: World) -> None:
     assert world.helm.verbs == ["uninstall"]
     assert_condition(world, "Ready", "False", "UninstallFailed")
     assert status(world)["failures"] == 1
-    assert world.pending_delay(key()) == pytest.approx(1, abs=0.1)
+    assert world.pending_delay(key()) == pytest.approx(1, abs=0.25)
 
 
 async def test_suspended_release_runs_no_helm(world: World) -> None:
@@ -599,9 +614,8 @@ async def test_deletion_keeps_other_finalizers(world: World) -> None:
 
 async def test_deletion_waits_for_dependents(world: World) -> None:
     await installed(world)
-    world.reconciler.index.releases[(NAMESPACE, "api")] = IndexedRelease(
-        ready=True, needs=("web",), state=None
-    )
+    world.kube.create(RELEASES, release_body("api", needs=["web"]))
+    world.reconciler.index.put(NAMESPACE, "api", IndexedRelease(True, ("web",), None))
     await delete(world)
 
     await reconcile(world)
@@ -640,7 +654,7 @@ async def test_failed_uninstall_on_deletion_keeps_the_finalizer(world: World) ->
     assert world.helm.verbs == ["uninstall"]
     assert FINALIZER in stored(world)["metadata"]["finalizers"]
     assert_condition(world, "Ready", "False", "UninstallFailed")
-    assert world.pending_delay(key()) == pytest.approx(1, abs=0.1)
+    assert world.pending_delay(key()) == pytest.approx(1, abs=0.25)
 
     world.helm.heal()
     await reconcile(world)
@@ -671,7 +685,7 @@ async def test_reconcile_request_retries_a_stalled_release(
     assert_condition(world, "Stalled", "True", "InstallFailed")
     world.helm.heal()  # e.g. the cluster was fixed: the spec did not change
 
-    elapsed(3600)
+    elapsed(60)  # within the interval
     await reconcile(world)
     assert world.helm.verbs == ["upgrade_install", "uninstall"]  # still Stalled
 
@@ -700,7 +714,7 @@ async def test_reconcile_request_clears_the_failure_record_on_the_server(world: 
     world.kube.annotate(RELEASES, NAMESPACE, "web", **{RECONCILE_REQUEST: "2031-01-01T00:00:00Z"})
     await reconcile(world)
 
-    assert world.helm.verbs == ["upgrade_install", "uninstall"]
+    assert world.helm.verbs == ["upgrade_install"]  # no revision stored: nothing to undo
     st = status(world)
     assert st["lastHandledReconcileAt"] == "2031-01-01T00:00:00Z"
     assert st["failures"] == 0
@@ -825,7 +839,9 @@ async def test_secret_values_reach_helm_and_nothing_else(
     assert world.helm.calls[0].values == expected
     # The chart put the value into a Secret of the release: the inventory names that object only.
     inventory = [w.payload.get("inventory") for w in world.kube.writes_of("patch_status")]
-    assert {"apiVersion": "v1", "kind": "Secret", "name": "web-db"} in inventory[0]
+    assert {"apiVersion": "v1", "kind": "Secret", "name": "web-db"} in next(
+        i for i in inventory if i
+    )
     payloads = [w.payload for w in world.kube.writes]
     for leak in (SECRET_VALUE, b64(SECRET_VALUE)):
         assert leak not in json.dumps(payloads)
@@ -842,3 +858,200 @@ async def test_secret_values_reach_helm_and_nothing_else(
     assert status(world)["valuesDigest"] == digest_of(
         {"replicas": 2, "db": {"password": SECRET_VALUE}}
     )
+
+
+# --- defects found in review: each pinned by a test ----------------------------------------------
+
+
+async def test_failure_before_helm_stored_a_revision_rolls_nothing_back(world: World) -> None:
+    await installed(world)
+    world.kube.update_spec(RELEASES, NAMESPACE, "web", values={"replicas": 2})
+    await reconcile(world)  # revision 2
+    world.helm.calls.clear()
+    world.helm.fail("upgrade_install", HelmErrorKind.VERSION_NOT_FOUND, 'version "9.9.9" not found')
+    world.kube.update_spec(RELEASES, NAMESPACE, "web", chart={**CHART, "version": "9.9.9"})
+
+    await reconcile(world)
+
+    assert world.helm.verbs == ["upgrade_install"]  # no rollback, no uninstall
+    assert world.kube.storage(TARGET, "web") == {1: "superseded", 2: "deployed"}
+    ready = assert_condition(world, "Ready", "False", "UpgradeFailed")
+    assert "9.9.9" in ready["message"] and "revision 2 is still deployed" in ready["message"]
+    assert cond(world, "Remediated") is None
+
+
+async def test_transient_failures_never_stall(
+    world: World, elapsed: Callable[[float], None]
+) -> None:
+    world.helm.fail("upgrade_install", HelmErrorKind.REPOSITORY_UNREACHABLE, "connection refused")
+    world.kube.create(RELEASES, release_body(helm={"retries": 1}))
+    for attempt in range(1, 8):
+        elapsed(3600)
+        await reconcile(world)
+        assert status(world)["failures"] == attempt
+        assert cond(world, "Stalled") is None
+        assert_condition(world, "Reconciling", "True", "InstallFailed")
+        delay = world.pending_delay(key())
+        assert delay is not None and delay <= INTERVAL  # capped at the interval
+    world.helm.heal()
+    elapsed(3600)
+    await reconcile(world)
+    assert_condition(world, "Ready", "True", "Installed")
+
+
+async def test_a_fresh_lock_of_someone_else_is_waited_for(world: World) -> None:
+    world.kube.put_revision(TARGET, "web", 1, "deployed")
+    now = datetime.datetime.now(datetime.UTC)
+    world.kube.put_revision(
+        TARGET, "web", 2, "pending-upgrade", created=now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    world.kube.create(RELEASES, release_body())
+
+    await reconcile(world)
+
+    assert world.helm.verbs == []  # a live `helm upgrade` elsewhere may hold it
+    assert_condition(world, "Reconciling", "True", "Locked")
+    delay = world.pending_delay(key())
+    assert delay is not None and 300 < delay <= 300 + 120 + 1  # helm timeout + margin
+
+
+async def test_our_own_interrupted_action_is_recovered_at_once(world: World) -> None:
+    await installed(world)
+    now = datetime.datetime.now(datetime.UTC)
+    world.kube.put_revision(
+        TARGET, "web", 2, "pending-upgrade", created=now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    )
+    world.kube.set_status(
+        RELEASES,
+        NAMESPACE,
+        "web",
+        {
+            **status(world),
+            "inProgress": {
+                "action": "upgrade",
+                "startedAt": "2026-01-01T00:00:00Z",
+                "digest": "sha256:x",
+                "revisionBefore": 1,
+            },
+        },
+    )
+
+    await reconcile(world)
+
+    assert world.helm.verbs == ["rollback"]
+    assert world.helm.calls[0].kwargs["revision"] == 1
+    assert "inProgress" not in status(world)
+
+
+async def test_a_lock_over_many_failed_revisions_never_uninstalls_a_served_release(
+    world: World,
+) -> None:
+    world.kube.put_revision(TARGET, "web", 1, "superseded")
+    for revision in range(2, 30):
+        world.kube.put_revision(TARGET, "web", revision, "failed")
+    world.kube.put_revision(TARGET, "web", 30, "pending-install")
+    world.kube.create(RELEASES, release_body(helm={"historyMax": 0, "atomic": False}))
+
+    await reconcile(world)
+
+    assert world.helm.verbs == ["rollback"]
+    assert world.helm.calls[0].kwargs["revision"] == 1
+
+
+async def test_helm_result_is_recorded_even_if_the_inventory_cannot_be_read(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helmfile_operator.reconcile.actions import apply as apply_module
+
+    def broken(manifest: str, where: str = "") -> list[Any]:
+        raise ValueError("the manifest is not YAML helm would read")
+
+    monkeypatch.setattr(apply_module, "inventory", broken)
+    world.kube.create(RELEASES, release_body())
+
+    await reconcile(world)
+    await reconcile(world)
+    await reconcile(world)
+
+    assert world.helm.verbs == ["upgrade_install"]  # once: the result was recorded
+    assert_condition(world, "Ready", "True", "Installed")
+    assert status(world)["revision"] == 1
+
+
+async def test_success_whose_status_write_was_lost_is_adopted_without_helm(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.kube.create(RELEASES, release_body())
+    real = world.kube.patch_status
+    calls = 0
+
+    async def flaky(plural: str, namespace: str, name: str, status_: dict[str, Any]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the write right after helm succeeded
+            raise ConnectionError("the API server went away")
+        await real(plural, namespace, name, status_)
+
+    monkeypatch.setattr(world.kube, "patch_status", flaky)
+    with pytest.raises(ConnectionError):
+        await reconcile(world)
+    assert world.helm.verbs == ["upgrade_install"]
+    assert "inProgress" in status(world)
+
+    await reconcile(world)
+
+    assert world.helm.verbs == ["upgrade_install"]  # not run again
+    assert_condition(world, "Ready", "True", "Installed")
+    assert status(world)["revision"] == 1
+    assert "inProgress" not in status(world)
+
+
+async def test_a_release_that_needs_itself_is_stalled(world: World) -> None:
+    world.kube.create(RELEASES, release_body(needs=["web"]))
+
+    await reconcile(world)
+
+    assert world.helm.verbs == []
+    stalled = assert_condition(world, "Stalled", "True", "InvalidNeeds")
+    assert "spec.needs" in stalled["message"]
+
+
+async def test_a_helm_release_driven_by_another_object_is_left_alone(world: World) -> None:
+    first = release_body("first", releaseName="shared")
+    second = release_body("second", releaseName="shared")
+    for name, body, created in (
+        ("first", first, "2026-01-01T00:00:00Z"),
+        ("second", second, "2026-01-02T00:00:00Z"),
+    ):
+        body["metadata"]["creationTimestamp"] = created
+        world.kube.create(RELEASES, body)
+        world.reconciler.index.put(
+            NAMESPACE,
+            name,
+            IndexedRelease(False, (), None, target=(TARGET, "shared"), created=created),
+        )
+
+    await reconcile(world, "first")
+    await reconcile(world, "second")
+
+    assert world.helm.verbs == ["upgrade_install"]
+    assert world.helm.calls[0].release == "shared"
+    stalled = assert_condition(world, "Stalled", "True", "ReleaseOwnedByAnother", "second")
+    assert f"{NAMESPACE}/first" in stalled["message"]
+
+    await delete(world, "second")
+    await reconcile(world, "second")
+    assert world.helm.verbs == ["upgrade_install"]  # never uninstalls the other's release
+    assert world.kube.obj(RELEASES, NAMESPACE, "second") is None
+
+
+async def test_a_dependent_gone_during_a_watch_gap_does_not_block_deletion(world: World) -> None:
+    await installed(world)
+    # The index still holds "api" (its DELETED was missed); the API no longer has it.
+    world.reconciler.index.put(NAMESPACE, "api", IndexedRelease(True, ("web",), None))
+    await delete(world)
+
+    await reconcile(world)
+
+    assert world.helm.verbs == ["uninstall"]
+    assert world.reconciler.index.get(NAMESPACE, "api") is None

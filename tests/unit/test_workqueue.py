@@ -151,8 +151,8 @@ async def test_forget_cancels_a_pending_delayed_add() -> None:
     queue: WorkQueue[str] = WorkQueue()
     queue.add_after("a", 0.03)
     queue.add_after("b", 0.03)
-    queue.forget("a")
-    queue.forget("never-added")  # no error
+    queue.remove("a")
+    queue.remove("never-added")  # no error
     await asyncio.sleep(0.08)
     assert await drain(queue) == ["b"]
 

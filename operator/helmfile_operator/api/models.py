@@ -19,6 +19,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 # Helm stores releases in Secrets named sh.helm.release.v1.<name>.v<rev>: hence 53 characters.
 HELM_RELEASE_NAME_MAX = 53
+# A label value has at most 63 characters, an object name up to 253: names used as label values
+# (a HelmfileState's, on its HelmfileReleases) need the tighter bound.
+LABEL_VALUE_MAX = 63
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Go duration as Kubernetes and helm accept it: "300s", "10m", "1h30m".
 DURATION = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
@@ -324,6 +327,17 @@ class LastAttempt(Model):
     message: str = ""
 
 
+class InProgress(Model):
+    """A helm action the operator started and has not finished, recorded before helm starts: a
+    `pending-*` release found with this set after a restart is the operator's own, and stale."""
+
+    action: str
+    started_at: str
+    digest: str = Field(description="Digest of the values being applied.")
+    revision_before: int | None = None
+    chart_version: str | None = Field(default=None, description="The version being applied.")
+
+
 class HistoryEntry(Model):
     revision: int
     chart_version: str
@@ -369,6 +383,9 @@ class HelmfileReleaseStatus(Model):
     last_applied_digest: str | None = None
     last_applied_time: str | None = None
     last_attempted: LastAttempt | None = None
+    in_progress: InProgress | None = Field(
+        default=None, description="Set while a helm action of the operator runs on the release."
+    )
     failures: int = 0
     last_handled_reconcile_at: str | None = None
     history: list[HistoryEntry] = Field(default_factory=list)

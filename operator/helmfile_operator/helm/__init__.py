@@ -1,15 +1,15 @@
-"""The helm execution layer: a subprocess client, error classification, storage decoding."""
+"""The helm execution layer: running helm, classifying its failures, reading Helm's storage.
 
-from helmfile_operator.helm.client import (
-    HelmClient,
-    HelmVersion,
-    HistoryRecord,
-    ReleaseResult,
-    RepositoryCredentials,
-)
+Import from here; the modules are `client` (the verbs), `argv` (their command lines), `files`
+(private files and environment), `runner` (the bounded subprocess), `output` (helm's output and
+release objects, parsed), `errors` (failure classification) and `storage` (release Secrets).
+"""
+
+from helmfile_operator.helm.client import HelmClient, RepositoryCredentials
 from helmfile_operator.helm.errors import HelmError, HelmErrorKind, classify
+from helmfile_operator.helm.output import HelmVersion, HistoryRecord, ReleaseInfo
 from helmfile_operator.helm.storage import (
-    StoredRelease,
+    StorageDecodeError,
     decode_release,
     latest_from_secrets,
     latest_status_from_labels,
@@ -21,9 +21,9 @@ __all__ = [
     "HelmErrorKind",
     "HelmVersion",
     "HistoryRecord",
-    "ReleaseResult",
+    "ReleaseInfo",
     "RepositoryCredentials",
-    "StoredRelease",
+    "StorageDecodeError",
     "classify",
     "decode_release",
     "latest_from_secrets",

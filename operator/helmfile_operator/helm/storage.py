@@ -6,7 +6,7 @@ Helm 3 and Helm 4 store every revision of a release in a Secret named
 base64(gzip(JSON of the release)); the Kubernetes API adds its own base64 around `.data` values.
 
 The decoded JSON holds the release's values (`config`) and manifest, which may carry secrets:
-`StoredRelease` keeps the manifest out of its repr and drops the values altogether.
+the `ReleaseInfo` it becomes keeps the manifest out of its repr and drops the values altogether.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import gzip
 import json
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
+
+from helmfile_operator.helm.output import ReleaseInfo, release_info
 
 HELM_SECRET_TYPE = "helm.sh/release.v1"  # noqa: S105 - a Secret type, not a password
 OWNER_LABEL_VALUE = "helm"
@@ -27,20 +28,6 @@ _GZIP_MAGIC = b"\x1f\x8b\x08"
 
 class StorageDecodeError(ValueError):
     """A Helm storage Secret whose content is not a Helm release."""
-
-
-@dataclass(frozen=True)
-class StoredRelease:
-    name: str
-    namespace: str
-    revision: int
-    status: str
-    chart_name: str
-    chart_version: str
-    app_version: str
-    manifest: str = field(repr=False)
-    description: str = ""
-    last_deployed: str | None = None
 
 
 def secret_name(release: str, revision: int) -> str:
@@ -73,33 +60,18 @@ def decode_release_json(data_release_b64: str) -> dict[str, Any]:
     return release
 
 
-def decode_release(data_release_b64: str) -> StoredRelease:
-    """The summary of a release from a Secret's `.data.release` (Kubernetes base64)."""
+def decode_release(data_release_b64: str) -> ReleaseInfo:
+    """The summary and manifest of a release from a Secret's `.data.release` (Kubernetes base64)."""
     release = decode_release_json(data_release_b64)
-    info = _mapping(release.get("info"))
-    metadata = _mapping(_mapping(release.get("chart")).get("metadata"))
     try:
-        revision = int(release.get("version") or 0)
+        return release_info(release, with_manifest=True)
     except (TypeError, ValueError):
         raise StorageDecodeError("release version is not a number") from None
-    last_deployed = info.get("last_deployed")
-    return StoredRelease(
-        name=str(release.get("name") or ""),
-        namespace=str(release.get("namespace") or ""),
-        revision=revision,
-        status=str(info.get("status") or ""),
-        chart_name=str(metadata.get("name") or ""),
-        chart_version=str(metadata.get("version") or ""),
-        app_version=str(metadata.get("appVersion") or ""),
-        manifest=str(release.get("manifest") or ""),
-        description=str(info.get("description") or ""),
-        last_deployed=str(last_deployed) if last_deployed else None,
-    )
 
 
 def latest_from_secrets(
     secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
-) -> StoredRelease | None:
+) -> ReleaseInfo | None:
     """The highest revision among storage Secrets (Kubernetes JSON objects), decoding only it."""
     latest = _latest(secrets, release_name)
     if latest is None:

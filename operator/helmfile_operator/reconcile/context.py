@@ -1,22 +1,19 @@
-"""What every reconciler needs: API access, helm, settings, the release index and the queue."""
+"""What every reconciler needs: API access, helm, settings, the release index, the queue, Events."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
+import collections
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-import kopf
-
-from helmfile_operator.helm.client import HelmClient
+from helmfile_operator.events import EventRecorder
+from helmfile_operator.helm import HelmClient
 from helmfile_operator.kube import Kube
+from helmfile_operator.metrics import Metrics
 from helmfile_operator.reconcile.drift import DriftChecker
-from helmfile_operator.reconcile.workqueue import WorkQueue
+from helmfile_operator.reconcile.workqueue import WorkQueue, backoff_delay
 from helmfile_operator.settings import Settings
-
-logger = logging.getLogger("helmfile_operator")
 
 STATE_LABEL = "helmfile.dev/state"
 FINALIZER = "helmfile.dev/finalizer"
@@ -35,12 +32,15 @@ class ObjectKey(NamedTuple):
 
 @dataclass
 class IndexedRelease:
-    """What the watch told us last about a HelmfileRelease: enough to gate and wake `needs`."""
+    """What the watch told us last about a HelmfileRelease: enough to gate and wake `needs`, and
+    to tell which object drives a Helm release when two name the same one."""
 
     ready: bool
     needs: tuple[str, ...]
     state: str | None
     drifted: bool = False
+    target: tuple[str, str] = ("", "")  # (targetNamespace, releaseName)
+    created: str = ""  # creationTimestamp: the oldest claimant of a Helm release keeps it
 
 
 @dataclass
@@ -48,16 +48,91 @@ class ReleaseIndex:
     """HelmfileReleases by namespace and name, fed by the watch (a cache, like an informer's)."""
 
     releases: dict[tuple[str, str], IndexedRelease] = field(default_factory=dict)
+    # (targetNamespace, releaseName) → the objects that name it.
+    _claims: dict[tuple[str, str], set[tuple[str, str]]] = field(default_factory=dict)
 
     def get(self, namespace: str, name: str) -> IndexedRelease | None:
         return self.releases.get((namespace, name))
+
+    def put(self, namespace: str, name: str, entry: IndexedRelease) -> IndexedRelease | None:
+        """Store the entry; returns the previous one."""
+        previous = self.releases.get((namespace, name))
+        if previous is not None:
+            self._unclaim(previous.target, (namespace, name))
+        self.releases[(namespace, name)] = entry
+        self._claims.setdefault(entry.target, set()).add((namespace, name))
+        return previous
+
+    def pop(self, namespace: str, name: str) -> IndexedRelease | None:
+        previous = self.releases.pop((namespace, name), None)
+        if previous is not None:
+            self._unclaim(previous.target, (namespace, name))
+        return previous
+
+    def _unclaim(self, target: tuple[str, str], key: tuple[str, str]) -> None:
+        claimants = self._claims.get(target)
+        if claimants is not None:
+            claimants.discard(key)
+            if not claimants:
+                del self._claims[target]
+
+    def claimants(self, target: tuple[str, str]) -> list[tuple[str, str]]:
+        """The objects naming this Helm release, first claimant first."""
+        keys = self._claims.get(target, set())
+        return sorted(keys, key=lambda key: (self.releases[key].created, key))
+
+    def owner(self, namespace: str, name: str) -> tuple[str, str] | None:
+        """The object that drives the same Helm release as this one, when that is not this one."""
+        entry = self.releases.get((namespace, name))
+        if entry is None:
+            return None
+        claimants = self.claimants(entry.target)
+        first = claimants[0] if claimants else None
+        return first if first is not None and first != (namespace, name) else None
 
     def dependents(self, namespace: str, name: str) -> list[str]:
         return [
             other
             for (ns, other), entry in self.releases.items()
-            if ns == namespace and name in entry.needs
+            if ns == namespace and name in entry.needs and other != name
         ]
+
+
+class ManifestCache:
+    """Manifests of deployed revisions by (namespace, release), decoded once per revision and
+    bounded in bytes (least recently used first out): real manifests reach MiBs."""
+
+    def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[tuple[str, str], tuple[int, str]] = (
+            collections.OrderedDict()
+        )
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[str, str], revision: int) -> str | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != revision:
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, key: tuple[str, str], revision: int, manifest: str) -> None:
+        self.evict(key)
+        if len(manifest) > self.max_bytes:
+            return
+        self._entries[key] = (revision, manifest)
+        self._bytes += len(manifest)
+        while self._bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+
+    def evict(self, key: tuple[str, str]) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry[1])
 
 
 @dataclass
@@ -68,19 +143,17 @@ class Reconciler:
     queue: WorkQueue[ObjectKey]
     index: ReleaseIndex = field(default_factory=ReleaseIndex)
     drift: DriftChecker | None = None
-    # Manifest of the deployed revision per (namespace, release): decoded once per revision.
-    manifests: dict[tuple[str, str], tuple[int, str]] = field(default_factory=dict)
+    events: EventRecorder = field(default_factory=lambda: EventRecorder(None))
+    manifests: ManifestCache = field(default_factory=ManifestCache)
+    metrics: Metrics = field(default_factory=Metrics)
 
     def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the object (posted by kopf in the background, de-duplicated)."""
-        metadata = body.get("metadata") or {}
-        where = f"{body.get('kind')}/{metadata.get('namespace')}/{metadata.get('name')}"
-        log = logger.warning if type_ == "Warning" else logger.info
-        log("%s: %s: %s", where, reason, message)
-        # Outside kopf's context (unit tests) there is no poster: the log line is all.
-        with contextlib.suppress(LookupError):
-            kopf.event(dict(body), type=type_, reason=reason, message=message[:1000])  # type: ignore[arg-type]
+        """A Kubernetes Event on the object (posted in the background, de-duplicated)."""
+        self.events.record(body, type_, reason, message)
 
-    def backoff(self, failures: int) -> float:
-        delay = self.settings.retry_base_seconds * (2 ** max(failures - 1, 0))
-        return float(min(delay, self.settings.retry_max_seconds))
+    def backoff(self, failures: int, cap: float | None = None) -> float:
+        """Jittered exponential backoff; never beyond `cap` (a release's interval)."""
+        limit = self.settings.retry_max_seconds
+        if cap is not None:
+            limit = min(cap, limit)
+        return backoff_delay(failures, self.settings.retry_base_seconds, limit)

@@ -1,36 +1,25 @@
-"""The HelmfileRelease state machine (DESIGN §3): determine the state, take one action, re-evaluate.
-
-deleting          → uninstall (after its dependents are gone), drop the finalizer
-suspended         → nothing
-needs not ready   → wait; woken by the watch when a need becomes Ready (no polling)
-uninstall wanted  → uninstall (installed: false)
-values unreadable → Ready=False naming the `valuesFrom` entry; retry with backoff
-locked            → recover (pending-install → uninstall; pending-upgrade → rollback)
-absent            → install
-out of sync       → upgrade
-failed            → wait for the backoff, retry; Stalled after `retries`
-in sync           → nothing (no helm process), resync after `interval`
-"""
+"""The HelmfileRelease state machine: bookkeeping, observe (reads only), decide (pure, see
+reconcile/decide.py), one action, write the status once; the requeue re-evaluates.
+docs/architecture.md shows the table."""
 
 from __future__ import annotations
 
 import logging
-from enum import StrEnum
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from pydantic import ValidationError
 
-from helmfile_operator import metrics
 from helmfile_operator.api.models import (
     DriftMode,
     HelmfileReleaseSpec,
     HelmfileReleaseStatus,
     describe_validation_error,
 )
-from helmfile_operator.helm.errors import HelmError
-from helmfile_operator.helm.storage import latest_status_from_labels
-from helmfile_operator.kube import RELEASES
+from helmfile_operator.helm import HelmError, latest_from_secrets
+from helmfile_operator.kube import RELEASES, FinalizerConflict
 from helmfile_operator.reconcile import conditions
+from helmfile_operator.reconcile.actions.apply import record_success
 from helmfile_operator.reconcile.actions.detect_drift import detect_drift, drift_mode
 from helmfile_operator.reconcile.actions.install import install
 from helmfile_operator.reconcile.actions.recover import recover
@@ -43,159 +32,131 @@ from helmfile_operator.reconcile.context import (
     ObjectKey,
     Reconciler,
 )
-from helmfile_operator.reconcile.release_context import (
-    LOCKED_STATUSES,
-    ReleaseContext,
-    StorageHead,
-    seconds_since,
-)
+from helmfile_operator.reconcile.decide import Action, Attempt, Decision, Lock, Observation, decide
+from helmfile_operator.reconcile.failures import record_failure, retry_later
+from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
 from helmfile_operator.reconcile.values import ValuesSourceError, final_values
 from helmfile_operator.render.values import values_digest
 
 logger = logging.getLogger("helmfile_operator.release")
 
 
-class State(StrEnum):
-    DELETING = "deleting"
-    SUSPENDED = "suspended"
-    NEEDS_NOT_READY = "needs not ready"
-    UNINSTALL = "uninstall wanted"
-    UNINSTALLED = "uninstalled"
-    VALUES_UNREADABLE = "values unreadable"
-    LOCKED = "locked"
-    ABSENT = "absent"
-    OUT_OF_SYNC = "out of sync"
-    FAILED_WAITING = "failed, backing off"
-    FAILED_STALLED = "failed, retries exhausted"
-    IN_SYNC = "in sync"
-
-
 async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
     body = await reconciler.kube.get(RELEASES, key.namespace, key.name)
     if body is None:
-        reconciler.queue.forget(key)
+        reconciler.queue.remove(key)
         return
     status = HelmfileReleaseStatus.model_validate(body.get("status") or {})
     try:
         spec = HelmfileReleaseSpec.model_validate(body.get("spec") or {})
     except ValidationError as error:
-        await _write_invalid_spec(reconciler, key, body, status, error)
+        ctx = ReleaseContext(reconciler, key, body, HelmfileReleaseSpec.model_construct(), status)
+        ctx.stalled("InvalidSpec", describe_validation_error(error))
+        await ctx.flush()
         return
     ctx = ReleaseContext(reconciler, key, body, spec, status)
-    before = status.to_wire()
 
-    await _pass(ctx)
+    if not body["metadata"].get("deletionTimestamp"):
+        await _ensure_finalizer(ctx)
+        _handle_reconcile_request(ctx)
+    observation = await observe(ctx)
+    decision = decide(observation)
+    logger.debug("%s: %s", key, decision.action)
+    await ACTIONS[decision.action](ctx, decision)
+    if decision.after is not None:
+        ctx.requeue(decision.after)
+    if decision.action not in _NO_RESYNC and not ctx.spec.suspend:
+        ctx.requeue(ctx.interval_seconds)
 
-    ctx.status.observed_generation = ctx.generation
-    after = ctx.status.to_wire()
-    if after != before and not _is_gone(ctx):
-        # A merge patch keeps the keys it leaves out: null those this pass cleared.
-        cleared: dict[str, Any] = {k: None for k in before if k not in after}
-        await reconciler.kube.patch_status(RELEASES, key.namespace, key.name, {**cleared, **after})
+    if not _is_gone(ctx):
+        await ctx.flush()
     if ctx.requeue_after is not None:
         reconciler.queue.add_after(key, ctx.requeue_after)
 
 
-async def _pass(ctx: ReleaseContext) -> None:
-    """One pass: determine the state, act once; the requeue re-evaluates."""
-    state = await determine_state(ctx)
-    logger.debug("%s: %s", ctx.key, state)
-    if state is State.DELETING:
-        await _delete(ctx)
-    elif state is State.SUSPENDED:
-        return
-    elif state is State.NEEDS_NOT_READY:
-        return  # the watch wakes us when a need turns Ready
-    elif state is State.UNINSTALL:
-        await _uninstall(ctx, "installed: false")
-    elif state is State.UNINSTALLED:
-        ctx.status.conditions = conditions.mark_ready(
-            ctx.status.conditions, "Uninstalled", "not installed (installed: false)", ctx.generation
-        )
-    elif state is State.VALUES_UNREADABLE:
-        return
-    elif state is State.LOCKED:
-        await _guard(ctx, recover(ctx), "RecoverFailed")
-    elif state is State.ABSENT:
-        await install(ctx)
-    elif state is State.OUT_OF_SYNC:
-        await upgrade(ctx)
-    if state in (State.ABSENT, State.OUT_OF_SYNC) and ctx.status.failures == 0:
-        if drift_mode(ctx) is not DriftMode.DISABLED:
-            ctx.requeue(0)  # check drift right after the action, in the next (in-sync) pass
-    elif state in (State.FAILED_WAITING, State.FAILED_STALLED):
-        return
-    elif state is State.IN_SYNC:
-        _in_sync(ctx)
-        await detect_drift(ctx)
-    if state is not State.DELETING and not ctx.spec.suspend:
-        ctx.requeue(_interval_seconds(ctx))
+# --- observe: reads only ------------------------------------------------------------------------
 
 
-async def determine_state(ctx: ReleaseContext) -> State:
-    """Reads what it must (index, Helm storage labels, values sources); runs no helm process."""
+async def observe(ctx: ReleaseContext) -> Observation:
+    """What the decision needs. Reads are skipped where they cannot change it (a release waiting
+    for its needs reads neither Helm storage nor values)."""
     metadata = ctx.body["metadata"]
+    index = ctx.reconciler.index
+    owner = index.owner(ctx.key.namespace, ctx.key.name)
+    owner_name = f"{owner[0]}/{owner[1]}" if owner is not None else None
     if metadata.get("deletionTimestamp"):
-        return State.DELETING
-    await _ensure_finalizer(ctx)
-    _handle_reconcile_request(ctx)
-    if ctx.spec.suspend:
-        return State.SUSPENDED
-    waiting = _unready_needs(ctx)
-    if waiting:
-        ctx.status.conditions = conditions.mark_reconciling(
-            ctx.status.conditions,
-            "NeedsNotReady",
-            f"waiting for {', '.join(waiting)} to be Ready",
-            ctx.generation,
+        return Observation(
+            deleting=True,
+            finalizer=FINALIZER in (metadata.get("finalizers") or []),
+            dependents=tuple(await _live_dependents(ctx)),
+            keep_release=(metadata.get("annotations") or {}).get(KEEP_RELEASE) == "true",
+            owner=owner_name,
         )
-        return State.NEEDS_NOT_READY
-
-    secrets = await ctx.reconciler.kube.helm_storage(
-        ctx.spec.target_namespace, ctx.spec.release_name
+    spec = ctx.spec
+    base = Observation(
+        suspended=spec.suspend,
+        self_needed=ctx.key.name in spec.needs,
+        owner=owner_name,
+        unready_needs=tuple(_unready_needs(ctx)),
+        install_wanted=spec.installed,
+        interval_seconds=ctx.interval_seconds,
+        helm_timeout_seconds=ctx.timeout_seconds,
     )
-    head = latest_status_from_labels(secrets)
-    ctx.storage = StorageHead(revision=head[0], status=head[1]) if head else None
+    if base.suspended or base.self_needed or base.owner or base.unready_needs:
+        return base
 
-    if not ctx.spec.installed:
-        return State.UNINSTALL if ctx.storage else State.UNINSTALLED
-    if ctx.storage and ctx.storage.status in LOCKED_STATUSES:
-        return State.LOCKED
+    ctx.storage = await ctx.read_storage()
+    storage = ctx.storage
+    lock = None
+    if storage is not None and storage.locked:
+        progress = ctx.status.in_progress
+        lock = Lock(
+            status=storage.status,
+            revision=storage.revision,
+            age_seconds=seconds_since(storage.head.created),
+            # Ours when we recorded starting an action from the revision below it: no worker
+            # runs it now (one pass per object at a time), so the helm that held it is gone.
+            ours=progress is not None and (progress.revision_before or 0) < storage.revision,
+        )
+    if spec.installed and lock is None:
+        await _resolve_values(ctx)
+    status = ctx.status
+    last = status.last_attempted
+    return Observation(
+        **{
+            **base.__dict__,
+            "in_storage": storage is not None,
+            "head_deployed": storage is not None and storage.status == "deployed",
+            "head_revision": storage.revision if storage is not None else None,
+            "lock": lock,
+            "values_error": ctx.values_error,
+            "digest": ctx.digest,
+            "applied_digest": status.last_applied_digest,
+            "applied_revision": status.revision,
+            "last_attempt": Attempt(
+                failed=last.result == "failed",
+                digest=last.digest,
+                seconds_ago=seconds_since(last.time),
+            )
+            if last is not None
+            else None,
+            "stalled": ctx.has_condition(conditions.STALLED),
+            "backoff_seconds": ctx.reconciler.backoff(status.failures, cap=ctx.interval_seconds)
+            if status.failures
+            else 0.0,
+        }
+    )
 
+
+async def _resolve_values(ctx: ReleaseContext) -> None:
+    """Final values and their digest into the context, or the error that names the field."""
     try:
         resolved = await final_values(ctx.reconciler.kube, ctx.key.namespace, ctx.spec)
         ctx.values, ctx.secret_strings = resolved.values, resolved.secret_strings
-    except (ValuesSourceError, ValueError) as error:
-        ctx.status.failures = 0
-        ctx.status.conditions = conditions.mark_not_ready(
-            ctx.status.conditions, "ValuesUnavailable", str(error), ctx.generation
-        )
-        ctx.requeue(ctx.reconciler.settings.retry_max_seconds / 5)
-        return State.VALUES_UNREADABLE
-    ctx.digest = values_digest(ctx.spec.chart, ctx.values)
-
-    status = ctx.status
-    in_sync = (
-        ctx.storage is not None
-        and ctx.storage.status == "deployed"
-        and status.last_applied_digest == ctx.digest
-        and status.revision == ctx.storage.revision
-    )
-    if in_sync:
-        return State.IN_SYNC
-    last = status.last_attempted
-    if last is not None and last.result == "failed" and last.digest == ctx.digest:
-        retries = ctx.options.retries if ctx.options.retries is not None else 3
-        if status.failures > retries or conditions.find(status.conditions, conditions.STALLED):
-            return State.FAILED_STALLED
-        remaining = ctx.reconciler.backoff(status.failures) - seconds_since(last.time)
-        if remaining > 0:
-            ctx.requeue(remaining)
-            return State.FAILED_WAITING
-        metrics.REMEDIATIONS.labels("retry").inc()
-    elif last is not None and last.digest != ctx.digest:
-        status.failures = 0  # a new spec starts with a clean slate
-    return State.ABSENT if ctx.storage is None else State.OUT_OF_SYNC
+        ctx.digest = values_digest(ctx.spec.chart, ctx.values)
+    except (ValuesSourceError, ValueError) as error:  # ValueError: the values loader's bounds
+        ctx.values, ctx.digest = None, None
+        ctx.values_error = str(error)
 
 
 def _unready_needs(ctx: ReleaseContext) -> list[str]:
@@ -207,6 +168,37 @@ def _unready_needs(ctx: ReleaseContext) -> list[str]:
     return waiting
 
 
+async def _live_dependents(ctx: ReleaseContext) -> list[str]:
+    """Dependents per the index, checked against the API: after a watch gap the index may still
+    hold objects that are gone, and waiting on them would block the deletion forever."""
+    index = ctx.reconciler.index
+    dependents = index.dependents(ctx.key.namespace, ctx.key.name)
+    if not dependents:
+        return []
+    live = {
+        item["metadata"]["name"]
+        for item in await ctx.reconciler.kube.list_objects(RELEASES, ctx.key.namespace)
+    }
+    for gone in [name for name in dependents if name not in live]:
+        index.pop(ctx.key.namespace, gone)
+    return sorted(name for name in dependents if name in live)
+
+
+# --- bookkeeping, before the decision ------------------------------------------------------------
+
+
+async def _ensure_finalizer(ctx: ReleaseContext) -> None:
+    metadata = ctx.body["metadata"]
+    finalizers = list(metadata.get("finalizers") or [])
+    if FINALIZER in finalizers:
+        return
+    wanted = [*finalizers, FINALIZER]
+    await ctx.reconciler.kube.set_finalizers(
+        RELEASES, ctx.key.namespace, ctx.key.name, metadata.get("resourceVersion", ""), wanted
+    )
+    metadata["finalizers"] = wanted
+
+
 def _handle_reconcile_request(ctx: ReleaseContext) -> None:
     """`helmfile.dev/reconcile-requested-at` changed: reconcile now and retry a Stalled release."""
     requested = (ctx.body["metadata"].get("annotations") or {}).get(RECONCILE_REQUEST)
@@ -214,19 +206,203 @@ def _handle_reconcile_request(ctx: ReleaseContext) -> None:
         ctx.status.last_handled_reconcile_at = requested
         ctx.status.failures = 0
         ctx.status.last_attempted = None
-        ctx.status.conditions = conditions.remove(ctx.status.conditions, conditions.STALLED)
+        ctx.remove_condition(conditions.STALLED)
 
 
-def _in_sync(ctx: ReleaseContext) -> None:
+# --- the actions: one per decision ----------------------------------------------------------------
+
+
+async def _nothing(ctx: ReleaseContext, decision: Decision) -> None:
+    return
+
+
+async def _wait_for_dependents(ctx: ReleaseContext, decision: Decision) -> None:
+    dependents = await _live_dependents(ctx)
+    ctx.reconciling(
+        "WaitingForDependents",
+        f"uninstalls after {', '.join(dependents)} (they need this release)",
+    )  # the watch wakes us when a dependent disappears
+
+
+async def _release(ctx: ReleaseContext, decision: Decision) -> None:
+    """Drop our finalizer (the object then goes); conflicts re-read and retry."""
+    metadata = ctx.body["metadata"]
+    finalizers = [f for f in metadata.get("finalizers") or [] if f != FINALIZER]
+    try:
+        await ctx.reconciler.kube.set_finalizers(
+            RELEASES,
+            ctx.key.namespace,
+            ctx.key.name,
+            metadata.get("resourceVersion", ""),
+            finalizers,
+        )
+    except FinalizerConflict:
+        ctx.requeue(0)
+        return
+    metadata["finalizers"] = finalizers
+    ctx.reconciler.queue.remove(ctx.key)
+
+
+async def _uninstall_and_release(ctx: ReleaseContext, decision: Decision) -> None:
+    if await _uninstall(ctx, "deleted"):
+        await _release(ctx, decision)
+
+
+async def _suspended(ctx: ReleaseContext, decision: Decision) -> None:
+    return
+
+
+async def _reject_self_need(ctx: ReleaseContext, decision: Decision) -> None:
+    ctx.stalled(
+        "InvalidNeeds",
+        f"spec.needs names this release itself ({ctx.key.name!r}), which can never be Ready "
+        "first; remove it from spec.needs",
+    )
+
+
+async def _reject_owned(ctx: ReleaseContext, decision: Decision) -> None:
+    owner = ctx.reconciler.index.owner(ctx.key.namespace, ctx.key.name)
+    holder = f"HelmfileRelease {owner[0]}/{owner[1]}" if owner else "another object"
+    ctx.stalled(
+        "ReleaseOwnedByAnother",
+        f"Helm release {ctx.spec.target_namespace}/{ctx.spec.release_name} is driven by "
+        f"{holder}; change spec.releaseName or spec.targetNamespace (or remove the other one)",
+    )
+
+
+async def _wait_for_needs(ctx: ReleaseContext, decision: Decision) -> None:
+    waiting = _unready_needs(ctx)
+    ctx.reconciling("NeedsNotReady", f"waiting for {', '.join(waiting)} to be Ready")
+
+
+async def _uninstall_wanted(ctx: ReleaseContext, decision: Decision) -> None:
+    await _uninstall(ctx, "installed: false")
+
+
+async def _mark_uninstalled(ctx: ReleaseContext, decision: Decision) -> None:
+    ctx.ready("Uninstalled", "not installed (installed: false)")
+
+
+async def _wait_for_lock(ctx: ReleaseContext, decision: Decision) -> None:
+    assert ctx.storage is not None
+    ctx.reconciling(
+        "Locked",
+        f"revision {ctx.storage.revision} is {ctx.storage.status}: another helm operation may "
+        f"still run; taken over in {decision.after or 0:.0f}s if it does not finish",
+    )
+
+
+async def _recover(ctx: ReleaseContext, decision: Decision) -> None:
+    try:
+        await recover(ctx)
+    except HelmError as error:
+        record_failure(ctx, "RecoverFailed", error)
+
+
+async def _report_values_error(ctx: ReleaseContext, decision: Decision) -> None:
+    ctx.status.failures = 0
+    ctx.not_ready("ValuesUnavailable", ctx.values_error or "the values could not be resolved")
+    ctx.requeue(min(ctx.reconciler.settings.retry_max_seconds / 5, ctx.interval_seconds))
+
+
+async def _in_sync(ctx: ReleaseContext, decision: Decision) -> None:
     status = ctx.status
     ready = conditions.find(status.conditions, conditions.READY)
     if ready is None or ready.status != "True" or ready.observed_generation != ctx.generation:
-        message = (
-            f"revision {status.revision} of {status.chart_name} {status.chart_version} is deployed"
+        ctx.ready(
+            "InSync",
+            f"revision {status.revision} of {status.chart_name} {status.chart_version} is deployed",
         )
-        status.conditions = conditions.mark_ready(
-            status.conditions, "InSync", message, ctx.generation
-        )
+    await detect_drift(ctx)
+
+
+async def _backoff(ctx: ReleaseContext, decision: Decision) -> None:
+    return  # the condition of the failure stays; `after` requeues
+
+
+async def _install(ctx: ReleaseContext, decision: Decision) -> None:
+    if await _adopt_unrecorded_success(ctx):
+        return
+    _count_attempt(ctx)
+    await install(ctx)
+    _check_drift_next(ctx)
+
+
+async def _upgrade(ctx: ReleaseContext, decision: Decision) -> None:
+    if await _adopt_unrecorded_success(ctx):
+        return
+    _count_attempt(ctx)
+    await upgrade(ctx)
+    _check_drift_next(ctx)
+
+
+ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
+    Action.NOTHING: _nothing,
+    Action.WAIT_FOR_DEPENDENTS: _wait_for_dependents,
+    Action.RELEASE: _release,
+    Action.UNINSTALL_AND_RELEASE: _uninstall_and_release,
+    Action.SUSPENDED: _suspended,
+    Action.REJECT_SELF_NEED: _reject_self_need,
+    Action.REJECT_OWNED: _reject_owned,
+    Action.WAIT_FOR_NEEDS: _wait_for_needs,
+    Action.UNINSTALL: _uninstall_wanted,
+    Action.MARK_UNINSTALLED: _mark_uninstalled,
+    Action.WAIT_FOR_LOCK: _wait_for_lock,
+    Action.RECOVER: _recover,
+    Action.REPORT_VALUES_ERROR: _report_values_error,
+    Action.IN_SYNC: _in_sync,
+    Action.BACKOFF: _backoff,
+    Action.STALLED: _backoff,
+    Action.INSTALL: _install,
+    Action.UPGRADE: _upgrade,
+}
+# Deletion ends in the object going away; waiting on needs or dependents is woken by the watch.
+_NO_RESYNC = frozenset(
+    {Action.NOTHING, Action.RELEASE, Action.UNINSTALL_AND_RELEASE, Action.WAIT_FOR_DEPENDENTS}
+)
+
+
+# --- helpers of the actions -------------------------------------------------------------------
+
+
+async def _adopt_unrecorded_success(ctx: ReleaseContext) -> bool:
+    """helm succeeded but its result never reached the status (the operator died, or the status
+    write failed): the deployed head revision is ours — record it instead of running helm again."""
+    progress = ctx.status.in_progress
+    storage = ctx.storage
+    if (
+        progress is None
+        or storage is None
+        or storage.status != "deployed"
+        or progress.digest != ctx.digest
+        or storage.revision <= (progress.revision_before or 0)
+    ):
+        return False
+    secrets = await ctx.reconciler.kube.helm_storage(
+        ctx.spec.target_namespace, ctx.spec.release_name
+    )
+    stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
+    if stored is None:
+        return False
+    verb: Literal["install", "upgrade"] = "install" if progress.action == "install" else "upgrade"
+    record_success(ctx, verb, stored, None)
+    return True
+
+
+def _count_attempt(ctx: ReleaseContext) -> None:
+    """A retry of the same values counts on; new values start with a clean slate."""
+    last = ctx.status.last_attempted
+    if last is None or last.result != "failed":
+        return
+    if last.digest == ctx.digest:
+        ctx.reconciler.metrics.remediations.labels("retry").inc()
+    else:
+        ctx.status.failures = 0
+
+
+def _check_drift_next(ctx: ReleaseContext) -> None:
+    if ctx.status.failures == 0 and drift_mode(ctx) is not DriftMode.DISABLED:
+        ctx.requeue(0)  # check drift right after the action, in the next (in-sync) pass
 
 
 async def _uninstall(ctx: ReleaseContext, why: str) -> bool:
@@ -234,44 +410,11 @@ async def _uninstall(ctx: ReleaseContext, why: str) -> bool:
         await uninstall(ctx, why)
     except HelmError as error:
         ctx.status.failures += 1
-        ctx.status.conditions = conditions.mark_not_ready(
-            ctx.status.conditions,
-            "UninstallFailed",
-            f"uninstall failed ({error.kind}): {error.message}",
-            ctx.generation,
-        )
-        ctx.event("Warning", "UninstallFailed", error.message)
-        ctx.requeue(ctx.reconciler.backoff(ctx.status.failures))
+        retry_later(ctx, "UninstallFailed", f"uninstall failed ({error.kind}): {error.message}")
         return False
-    ctx.status.conditions = conditions.mark_ready(
-        ctx.status.conditions, "Uninstalled", f"not installed ({why})", ctx.generation
-    )
+    ctx.status.failures = 0
+    ctx.ready("Uninstalled", f"not installed ({why})")
     return True
-
-
-async def _delete(ctx: ReleaseContext) -> None:
-    """Uninstall in reverse `needs` order: wait until nothing that needs this release is left."""
-    metadata = ctx.body["metadata"]
-    if FINALIZER not in (metadata.get("finalizers") or []):
-        return
-    dependents = ctx.reconciler.index.dependents(ctx.key.namespace, ctx.key.name)
-    if dependents:
-        ctx.status.conditions = conditions.mark_reconciling(
-            ctx.status.conditions,
-            "WaitingForDependents",
-            f"uninstalls after {', '.join(sorted(dependents))} (they need this release)",
-            ctx.generation,
-        )
-        return  # the watch wakes us when a dependent disappears
-    keep = (metadata.get("annotations") or {}).get(KEEP_RELEASE) == "true"
-    if not keep and not await _uninstall(ctx, "deleted"):
-        return
-    finalizers = [f for f in metadata.get("finalizers") or [] if f != FINALIZER]
-    await ctx.reconciler.kube.patch_metadata(
-        RELEASES, ctx.key.namespace, ctx.key.name, {"finalizers": finalizers or None}
-    )
-    ctx.body["metadata"]["finalizers"] = finalizers
-    ctx.reconciler.queue.forget(ctx.key)
 
 
 def _is_gone(ctx: ReleaseContext) -> bool:
@@ -280,47 +423,3 @@ def _is_gone(ctx: ReleaseContext) -> bool:
     return bool(metadata.get("deletionTimestamp")) and FINALIZER not in (
         metadata.get("finalizers") or []
     )
-
-
-async def _ensure_finalizer(ctx: ReleaseContext) -> None:
-    finalizers = list(ctx.body["metadata"].get("finalizers") or [])
-    if FINALIZER not in finalizers:
-        finalizers.append(FINALIZER)
-        await ctx.reconciler.kube.patch_metadata(
-            RELEASES, ctx.key.namespace, ctx.key.name, {"finalizers": finalizers}
-        )
-        ctx.body["metadata"]["finalizers"] = finalizers
-
-
-async def _guard(ctx: ReleaseContext, action: Any, reason: str) -> None:
-    try:
-        await action
-    except HelmError as error:
-        ctx.status.failures += 1
-        ctx.status.conditions = conditions.mark_not_ready(
-            ctx.status.conditions, reason, f"{error.kind}: {error.message}", ctx.generation
-        )
-        ctx.event("Warning", reason, error.message)
-        ctx.requeue(ctx.reconciler.backoff(ctx.status.failures))
-
-
-def _interval_seconds(ctx: ReleaseContext) -> float:
-    from helmfile_operator.api.models import duration_seconds
-
-    return max(duration_seconds(ctx.spec.interval), 1.0)
-
-
-async def _write_invalid_spec(
-    reconciler: Reconciler,
-    key: ObjectKey,
-    body: dict[str, Any],
-    status: HelmfileReleaseStatus,
-    error: ValidationError,
-) -> None:
-    problems = describe_validation_error(error)
-    generation = body["metadata"].get("generation")
-    status.conditions = conditions.mark_stalled(
-        status.conditions, "InvalidSpec", problems, generation
-    )
-    status.observed_generation = generation
-    await reconciler.kube.patch_status(RELEASES, key.namespace, key.name, status.to_wire())

@@ -1,8 +1,11 @@
-"""Everything one pass of the release state machine knows, shared by the actions."""
+"""Everything one pass of the release state machine knows, shared by the actions, with the
+condition helpers bound to it (`ctx.not_ready(reason, message)`)."""
 
 from __future__ import annotations
 
 import datetime
+import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,17 +15,71 @@ from helmfile_operator.api.models import (
     HelmOptions,
     duration_seconds,
 )
+from helmfile_operator.kube import RELEASES
+from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import ObjectKey, Reconciler
 
+logger = logging.getLogger("helmfile_operator.release")
+
 LOCKED_STATUSES = frozenset({"pending-install", "pending-upgrade", "pending-rollback"})
+DEPLOYED_STATUSES = frozenset({"deployed", "superseded"})  # superseded: deployed once
 
 
 @dataclass(frozen=True)
-class StorageHead:
-    """The newest revision in Helm's storage, read from Secret labels (no helm process)."""
-
-    revision: int
+class Revision:
+    number: int
     status: str
+    created: str | None  # creationTimestamp of its storage Secret
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Every revision of a release in Helm's storage, read from Secret labels (nothing decoded,
+    no helm process) — all of them, so the last deployed one is found whatever `historyMax`."""
+
+    revisions: tuple[Revision, ...]
+
+    @classmethod
+    def from_secrets(cls, secrets: Iterable[Mapping[str, Any]], release: str) -> Storage | None:
+        found = []
+        for secret in secrets:
+            metadata = secret.get("metadata") or {}
+            labels = metadata.get("labels") or {}
+            if labels.get("owner") != "helm" or labels.get("name") != release:
+                continue
+            if secret.get("type") not in (None, "helm.sh/release.v1"):
+                continue
+            try:
+                number = int(str(labels.get("version")))
+            except ValueError:
+                continue
+            status = str(labels.get("status") or "")
+            found.append(Revision(number, status, metadata.get("creationTimestamp")))
+        return cls(tuple(sorted(found, key=lambda r: r.number))) if found else None
+
+    @property
+    def head(self) -> Revision:
+        return self.revisions[-1]
+
+    @property
+    def revision(self) -> int:
+        return self.head.number
+
+    @property
+    def status(self) -> str:
+        return self.head.status
+
+    @property
+    def locked(self) -> bool:
+        return self.head.status in LOCKED_STATUSES
+
+    def last_deployed(self, below: int | None = None) -> int | None:
+        good = [
+            r.number
+            for r in self.revisions
+            if r.status in DEPLOYED_STATUSES and (below is None or r.number < below)
+        ]
+        return max(good) if good else None
 
 
 @dataclass
@@ -31,12 +88,17 @@ class ReleaseContext:
     key: ObjectKey
     body: dict[str, Any]
     spec: HelmfileReleaseSpec
-    status: HelmfileReleaseStatus  # actions update it; the pass writes it back once, if changed
-    storage: StorageHead | None = None
+    status: HelmfileReleaseStatus  # actions update it; `flush` writes what changed
+    storage: Storage | None = None
     values: dict[str, Any] | None = None  # final values (may hold Secret data: memory only)
     secret_strings: list[str] = field(default_factory=list)  # scrubbed from helm's errors
     digest: str | None = None
+    values_error: str | None = None  # why the final values could not be resolved
     requeue_after: float | None = None
+    written: dict[str, Any] = field(default_factory=dict)  # the status as last read or written
+
+    def __post_init__(self) -> None:
+        self.written = self.status.to_wire()
 
     @property
     def generation(self) -> int | None:
@@ -49,13 +111,56 @@ class ReleaseContext:
 
     @property
     def timeout_seconds(self) -> float:
-        return duration_seconds(self.options.timeout or "300s")
+        timeout = self.options.timeout
+        assert timeout is not None  # helm_options() merges the models' defaults
+        return duration_seconds(timeout)
+
+    @property
+    def interval_seconds(self) -> float:
+        return max(duration_seconds(self.spec.interval), 1.0)
 
     @property
     def impersonate(self) -> str | None:
         """helm runs as the ServiceAccount named in the spec (in the release object's namespace)."""
         account = self.spec.service_account_name
         return f"system:serviceaccount:{self.key.namespace}:{account}" if account else None
+
+    # --- conditions ---------------------------------------------------------------------------
+
+    def ready(self, reason: str, message: str) -> None:
+        self.status.conditions = conditions.mark_ready(
+            self.status.conditions, reason, message, self.generation
+        )
+
+    def not_ready(self, reason: str, message: str) -> None:
+        self.status.conditions = conditions.mark_not_ready(
+            self.status.conditions, reason, message, self.generation
+        )
+
+    def reconciling(self, reason: str, message: str) -> None:
+        self.status.conditions = conditions.mark_reconciling(
+            self.status.conditions, reason, message, self.generation
+        )
+
+    def stalled(self, reason: str, message: str) -> None:
+        self.status.conditions = conditions.mark_stalled(
+            self.status.conditions, reason, message, self.generation
+        )
+
+    def set_condition(
+        self, type_: str, status: conditions.Status, reason: str, message: str
+    ) -> None:
+        self.status.conditions = conditions.set_condition(
+            self.status.conditions, type_, status, reason, message, self.generation
+        )
+
+    def remove_condition(self, type_: str) -> None:
+        self.status.conditions = conditions.remove(self.status.conditions, type_)
+
+    def has_condition(self, type_: str) -> bool:
+        return conditions.find(self.status.conditions, type_) is not None
+
+    # --- helm -----------------------------------------------------------------------------------
 
     async def helm_uninstall(self, timeout_seconds: float | None = None) -> None:
         """Uninstall this release (absent is fine); raises HelmError."""
@@ -78,18 +183,45 @@ class ReleaseContext:
             impersonate=self.impersonate,
         )
 
+    async def read_storage(self) -> Storage | None:
+        secrets = await self.reconciler.kube.helm_storage(
+            self.spec.target_namespace, self.spec.release_name
+        )
+        return Storage.from_secrets(secrets, self.spec.release_name)
+
+    # --- side effects ---------------------------------------------------------------------------
+
     def event(self, type_: str, reason: str, message: str) -> None:
         self.reconciler.event(self.body, type_, reason, message)
 
     def requeue(self, seconds: float) -> None:
         """Ask for another pass after `seconds` (the earliest request wins)."""
         if self.requeue_after is None or seconds < self.requeue_after:
-            self.requeue_after = seconds
+            self.requeue_after = max(seconds, 0.0)
+
+    async def flush(self) -> None:
+        """Write the status fields that changed since the last read or write (none: no call)."""
+        self.status.observed_generation = self.generation
+        after = self.status.to_wire()
+        if after == self.written:
+            return
+        # A merge patch keeps the keys it leaves out: null those this pass cleared.
+        cleared: dict[str, Any] = {k: None for k in self.written if k not in after}
+        await self.reconciler.kube.patch_status(
+            RELEASES, self.key.namespace, self.key.name, {**cleared, **after}
+        )
+        self.written = after
 
 
 def parse_time(value: str) -> datetime.datetime:
     return datetime.datetime.strptime(value, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
 
 
-def seconds_since(value: str) -> float:
-    return (datetime.datetime.now(datetime.UTC) - parse_time(value)).total_seconds()
+def seconds_since(value: str | None) -> float:
+    """Seconds since an RFC 3339 UTC time; 0 when unknown or unparsable."""
+    if not value:
+        return 0.0
+    try:
+        return (datetime.datetime.now(datetime.UTC) - parse_time(value)).total_seconds()
+    except ValueError:
+        return 0.0

@@ -53,11 +53,12 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
         await _delete(reconciler, key, body, children)
         return
     if FINALIZER not in (metadata.get("finalizers") or []):
-        await kube.patch_metadata(
+        await kube.set_finalizers(
             STATES,
             key.namespace,
             key.name,
-            {"finalizers": [*metadata.get("finalizers", []), FINALIZER]},
+            metadata.get("resourceVersion", ""),
+            [*(metadata.get("finalizers") or []), FINALIZER],
         )
 
     rendered = await _render(reconciler, key, body, status)
@@ -296,4 +297,6 @@ async def _delete(
     if children:
         return  # woken again as each child disappears
     finalizers = [f for f in body["metadata"].get("finalizers") or [] if f != FINALIZER]
-    await kube.patch_metadata(STATES, key.namespace, key.name, {"finalizers": finalizers or None})
+    await kube.set_finalizers(
+        STATES, key.namespace, key.name, body["metadata"].get("resourceVersion", ""), finalizers
+    )

@@ -15,7 +15,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from helmfile_operator.api.models import ChartRepository, HelmfileReleaseSpec, ValuesReference
-from helmfile_operator.helm.client import RepositoryCredentials
+from helmfile_operator.helm import RepositoryCredentials
 from helmfile_operator.kube import Kube
 from helmfile_operator.render.values import apply_set, deep_merge
 

@@ -1,30 +1,39 @@
-"""install / upgrade: `helm upgrade --install` with the final values, then record the outcome."""
+"""install / upgrade: `helm upgrade --install` with the final values, then record the outcome.
+
+Order matters: the action is recorded on the status (`inProgress`) before helm starts, so that a
+`pending-*` lock left by a crash is known to be ours; helm's result is written as soon as helm
+returns, before anything else (inventory, drift) can fail, so that a later error never re-runs
+helm; a failure is remediated only when helm stored a new revision — a failure before that
+(chart or version not found, values not writable) left the deployed revision untouched.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Literal
 
-import yaml
-
-from helmfile_operator import metrics
-from helmfile_operator.api.models import HistoryEntry, InventoryEntry, LastAttempt
-from helmfile_operator.helm.errors import HelmError
-from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secrets
+from helmfile_operator import goyaml
+from helmfile_operator.api.models import HistoryEntry, InProgress, InventoryEntry, LastAttempt
+from helmfile_operator.helm import HelmError, ReleaseInfo, latest_from_secrets
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.remediate import remediate
-from helmfile_operator.reconcile.release_context import ReleaseContext
+from helmfile_operator.reconcile.failures import record_failure
+from helmfile_operator.reconcile.release_context import ReleaseContext, Storage
 from helmfile_operator.reconcile.values import ValuesSourceError, repository_access
+
+logger = logging.getLogger("helmfile_operator.release")
 
 Verb = Literal["install", "upgrade"]
 PAST = {"install": "Installed", "upgrade": "Upgraded"}
+PROGRESSING = {"install": "Installing", "upgrade": "Upgrading"}
 
 
-def inventory(manifest: str) -> list[InventoryEntry]:
+def inventory(manifest: str, where: str = "the release manifest") -> list[InventoryEntry]:
     """The objects a release manifest declares (kind, name, namespace), in manifest order."""
     entries = []
-    for document in yaml.safe_load_all(manifest or ""):
-        if not isinstance(document, dict) or "kind" not in document:
+    for document in goyaml.load_manifest(manifest or "", where):
+        if "kind" not in document:
             continue
         metadata = document.get("metadata") or {}
         entries.append(
@@ -41,17 +50,26 @@ def inventory(manifest: str) -> list[InventoryEntry]:
 async def apply(ctx: ReleaseContext, verb: Verb) -> None:
     assert ctx.values is not None
     assert ctx.digest is not None
-    started = time.monotonic()
     try:
         credentials, ca_pem = await repository_access(
             ctx.reconciler.kube, ctx.key.namespace, ctx.spec.chart.repository
         )
     except ValuesSourceError as error:
-        ctx.status.conditions = conditions.mark_not_ready(
-            ctx.status.conditions, "RepositoryAccessUnavailable", str(error), ctx.generation
-        )
+        ctx.not_ready("RepositoryAccessUnavailable", str(error))
         ctx.requeue(ctx.reconciler.settings.retry_max_seconds / 5)
         return
+    before = ctx.storage.revision if ctx.storage is not None else None
+    target = f"{ctx.spec.chart.name} {ctx.spec.chart.version or '(latest)'}"
+    ctx.status.in_progress = InProgress(
+        action=verb,
+        started_at=conditions.now(),
+        digest=ctx.digest,
+        revision_before=before,
+        chart_version=ctx.spec.chart.version,
+    )
+    ctx.reconciling(PROGRESSING[verb], f"{PROGRESSING[verb].lower()} {target}")
+    await ctx.flush()
+    started = time.monotonic()
     try:
         result = await ctx.reconciler.helm.upgrade_install(
             release=ctx.spec.release_name,
@@ -65,11 +83,22 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
             redact=ctx.secret_strings,
         )
     except HelmError as error:
-        await _failed(ctx, verb, error, time.monotonic() - started)
+        await _failed(ctx, verb, error, time.monotonic() - started, before)
         return
-    duration = time.monotonic() - started
-    metrics.RELEASE_ACTIONS.labels(verb, "success").inc()
+    record_success(ctx, verb, result, time.monotonic() - started)
+    await ctx.flush()  # recorded before anything else can fail
+    await _record_inventory(ctx)
+
+
+def record_success(
+    ctx: ReleaseContext, verb: Verb, result: ReleaseInfo, duration: float | None
+) -> None:
+    """Status after helm stored `result` for `ctx.digest` (also used to adopt an action whose
+    success was never recorded: the operator died between helm and the status write)."""
+    assert ctx.digest is not None
+    ctx.reconciler.metrics.release_actions.labels(verb, "success").inc()
     status = ctx.status
+    status.in_progress = None
     status.revision = result.revision
     status.chart_name = result.chart_name
     status.chart_version = result.chart_version
@@ -81,30 +110,27 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
         action=verb,
         digest=ctx.digest,
         result="succeeded",
-        duration_seconds=round(duration, 3),
+        duration_seconds=round(duration or 0.0, 3),
         time=conditions.now(),
     )
     status.failures = 0
-    status.inventory = await _inventory_from_storage(ctx)
     _record_history(ctx, result.revision, result.chart_version, "deployed")
     message = (
         f"{PAST[verb]} revision {result.revision} of {result.chart_name} {result.chart_version}"
     )
-    status.conditions = conditions.set_condition(
-        status.conditions, conditions.RELEASED, "True", f"{PAST[verb]}", message, ctx.generation
-    )
-    status.conditions = conditions.remove(status.conditions, conditions.REMEDIATED)
-    status.conditions = conditions.mark_ready(
-        status.conditions, f"{PAST[verb]}", message, ctx.generation
-    )
+    ctx.set_condition(conditions.RELEASED, "True", PAST[verb], message)
+    ctx.remove_condition(conditions.REMEDIATED)
+    ctx.ready(PAST[verb], message)
     ctx.event("Normal", PAST[verb], message)
 
 
-async def _failed(ctx: ReleaseContext, verb: Verb, error: HelmError, duration: float) -> None:
+async def _failed(
+    ctx: ReleaseContext, verb: Verb, error: HelmError, duration: float, before: int | None
+) -> None:
     assert ctx.digest is not None
-    metrics.RELEASE_ACTIONS.labels(verb, "failure").inc()
+    ctx.reconciler.metrics.release_actions.labels(verb, "failure").inc()
     status = ctx.status
-    status.failures += 1
+    status.in_progress = None
     status.last_attempted = LastAttempt(
         action=verb,
         digest=ctx.digest,
@@ -114,43 +140,43 @@ async def _failed(ctx: ReleaseContext, verb: Verb, error: HelmError, duration: f
         message=error.message,
     )
     reason = f"{verb.capitalize()}Failed"
-    message = f"{verb} failed ({error.kind}): {error.message}"
-    status.conditions = conditions.set_condition(
-        status.conditions, conditions.RELEASED, "False", reason, message, ctx.generation
+    ctx.set_condition(
+        conditions.RELEASED, "False", reason, f"{verb} failed ({error.kind}): {error.message}"
     )
-    ctx.event("Warning", reason, message)
-    await remediate(ctx, verb)
-    retries = ctx.options.retries if ctx.options.retries is not None else 3
-    if not error.retryable or status.failures > retries:
-        why = "not retryable" if not error.retryable else f"{status.failures} failed attempts"
-        status.conditions = conditions.mark_stalled(
-            status.conditions,
-            reason,
-            f"{message} — {why}; fix the spec (or request a reconcile) to try again",
-            ctx.generation,
-        )
-        return
-    delay = ctx.reconciler.backoff(status.failures)
-    status.conditions = conditions.mark_not_ready(
-        status.conditions,
-        reason,
-        f"{message} — retry {status.failures}/{retries} in {delay:.0f}s",
-        ctx.generation,
-    )
-    ctx.requeue(delay)
+    after = await _storage_after_failure(ctx)
+    recorded = after is not None and (before is None or after.revision > before)
+    if recorded:
+        assert after is not None
+        await remediate(ctx, verb, after)
+    record_failure(ctx, reason, error)
+    if not recorded and before is not None:
+        # Say plainly that what runs was not touched (a version typo must not alarm anyone).
+        ready = conditions.find(status.conditions, conditions.READY)
+        if ready is not None:
+            ready.message += f"; revision {before} is still deployed, unchanged"
 
 
-async def _inventory_from_storage(ctx: ReleaseContext) -> list[InventoryEntry]:
+async def _storage_after_failure(ctx: ReleaseContext) -> Storage | None:
+    try:
+        return await ctx.read_storage()
+    except Exception:  # unknown: assume helm recorded nothing, so nothing is rolled back
+        logger.warning("%s: cannot read Helm storage after a failed action", ctx.key)
+        return ctx.storage
+
+
+async def _record_inventory(ctx: ReleaseContext) -> None:
     """The objects of the revision just deployed, from Helm's storage (helm's JSON output is
-    not read for it: it also carries the values)."""
+    not read for it: it also carries the values). Best effort: helm's result is already
+    recorded, so a manifest that cannot be read costs the inventory, never another helm run."""
     try:
         secrets = await ctx.reconciler.kube.helm_storage(
             ctx.spec.target_namespace, ctx.spec.release_name
         )
         stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
-    except StorageDecodeError:
-        return []
-    return inventory(stored.manifest) if stored is not None else []
+        ctx.status.inventory = inventory(stored.manifest) if stored is not None else []
+    except Exception as error:
+        logger.warning("%s: inventory not recorded: %s", ctx.key, error)
+        ctx.event("Warning", "InventoryUnavailable", f"inventory not recorded: {error}")
 
 
 def _record_history(ctx: ReleaseContext, revision: int, chart_version: str, state: str) -> None:

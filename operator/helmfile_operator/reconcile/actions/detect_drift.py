@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from helmfile_operator import metrics
 from helmfile_operator.api.models import DriftMode, DriftStatus
 from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secrets
 from helmfile_operator.reconcile import conditions
@@ -19,9 +18,9 @@ async def _manifest(ctx: ReleaseContext) -> str | None:
     """The manifest of the deployed revision, decoded once per revision (cached)."""
     assert ctx.storage is not None
     key = (ctx.spec.target_namespace, ctx.spec.release_name)
-    cached = ctx.reconciler.manifests.get(key)
-    if cached is not None and cached[0] == ctx.storage.revision:
-        return cached[1]
+    cached = ctx.reconciler.manifests.get(key, ctx.storage.revision)
+    if cached is not None:
+        return cached
     secrets = await ctx.reconciler.kube.helm_storage(*key)
     try:
         stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
@@ -29,7 +28,7 @@ async def _manifest(ctx: ReleaseContext) -> str | None:
         return None
     if stored is None:
         return None
-    ctx.reconciler.manifests[key] = (stored.revision, stored.manifest)
+    ctx.reconciler.manifests.put(key, stored.revision, stored.manifest)
     return stored.manifest
 
 
@@ -65,7 +64,7 @@ async def detect_drift(ctx: ReleaseContext) -> None:
                 await checker.correct(manifest, ctx.spec.release_name, namespace, ctx.impersonate)
                 report = await checker.check(manifest, namespace, ignore, ctx.impersonate)
                 if not report.drifted:
-                    metrics.REMEDIATIONS.labels("drift-correction").inc()
+                    ctx.reconciler.metrics.remediations.labels("drift-correction").inc()
                     status.drift = None
                     status.conditions = conditions.set_condition(
                         status.conditions,
@@ -100,7 +99,7 @@ def _record(ctx: ReleaseContext, report: DriftReport) -> None:
     status = ctx.status
     previous = status.drift
     if previous is None or previous.objects != report.objects:
-        metrics.DRIFT_DETECTIONS.inc()
+        ctx.reconciler.metrics.drift_detections.inc()
         ctx.event("Warning", "DriftDetected", _summary(report))
     detected_at = previous.detected_at if previous is not None else conditions.now()
     status.drift = DriftStatus(

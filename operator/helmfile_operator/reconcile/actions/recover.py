@@ -1,28 +1,25 @@
-"""locked → recover: a release left `pending-*` (the operator died mid-action) is unlocked.
+"""locked → recover: a stale `pending-*` release (helm was killed mid-action) is unlocked.
 
-With no good revision to return to (an interrupted first install) the release is uninstalled;
-otherwise it is rolled back to the newest revision that was ever deployed.
+Rolled back to the newest revision that was ever deployed, found among all revisions in storage
+(whatever `historyMax`, however many failed revisions since); uninstalled only when no revision
+was ever deployed (an interrupted first install) — a release that served once is never removed.
 """
 
 from __future__ import annotations
 
 from helmfile_operator.reconcile.release_context import ReleaseContext
 
-GOOD = frozenset({"deployed", "superseded"})
-
 
 async def recover(ctx: ReleaseContext) -> None:
     assert ctx.storage is not None
-    spec = ctx.spec
-    history = await ctx.reconciler.helm.history(
-        release=spec.release_name, namespace=spec.target_namespace, impersonate=ctx.impersonate
-    )
-    good = [r.revision for r in history if r.status in GOOD and r.revision < ctx.storage.revision]
-    if not good:
+    locked = ctx.storage.head
+    last_good = ctx.storage.last_deployed(below=locked.number)
+    if last_good is None:
         await ctx.helm_uninstall()
         done = "uninstalled it (no revision was ever deployed)"
     else:
-        await ctx.helm_rollback(max(good), wait=False)
-        done = f"rolled back to revision {max(good)}"
-    ctx.event("Normal", "Recovered", f"release was left {ctx.storage.status}: {done}")
+        await ctx.helm_rollback(last_good, wait=False)
+        done = f"rolled back to revision {last_good}"
+    ctx.status.in_progress = None
+    ctx.event("Normal", "Recovered", f"revision {locked.number} was left {locked.status}: {done}")
     ctx.requeue(0)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from helmfile_operator import metrics
-from helmfile_operator.helm.errors import HelmError
+from helmfile_operator.helm import HelmError
 from helmfile_operator.reconcile.release_context import ReleaseContext
 
 
@@ -12,9 +11,9 @@ async def uninstall(ctx: ReleaseContext, why: str) -> None:
     try:
         await ctx.helm_uninstall(ctx.reconciler.settings.uninstall_timeout_seconds)
     except HelmError:
-        metrics.RELEASE_ACTIONS.labels("uninstall", "failure").inc()
+        ctx.reconciler.metrics.release_actions.labels("uninstall", "failure").inc()
         raise
-    metrics.RELEASE_ACTIONS.labels("uninstall", "success").inc()
+    ctx.reconciler.metrics.release_actions.labels("uninstall", "success").inc()
     ctx.status.revision = None
     ctx.status.inventory = []
     ctx.status.last_applied_digest = None

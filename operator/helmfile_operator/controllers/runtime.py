@@ -1,0 +1,312 @@
+"""The operator's one runtime object, created at start-up and held in kopf's operator memo.
+
+It owns the work queue (with its retry counters), the release index, what makes an object worth
+a pass (signatures) and what its state shows of it (summaries), the Event poster and the index
+audit. Watch events feed it through `on_state_event` / `on_release_event`; its workers run the
+reconcilers. Nothing here lives at module level, so tests build as many as they like.
+
+Why a work queue instead of kopf's change handlers: the state machine must run as "observe,
+decide, act once, re-evaluate", wake a release the moment one of its `needs` turns Ready, retry
+with its own backoff, and never run two passes of one object at once — a keyed queue fed by
+`kopf.on.event` expresses exactly that (see docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from helmfile_operator.api.models import Condition
+from helmfile_operator.events import EventRecorder
+from helmfile_operator.helm import HelmClient
+from helmfile_operator.kube import RELEASES, STATES, FinalizerConflict, Kube
+from helmfile_operator.metrics import Metrics
+from helmfile_operator.reconcile import conditions
+from helmfile_operator.reconcile.conditions import body_is_ready
+from helmfile_operator.reconcile.context import (
+    RECONCILE_REQUEST,
+    STATE_LABEL,
+    IndexedRelease,
+    ObjectKey,
+    Reconciler,
+    ReleaseIndex,
+)
+from helmfile_operator.reconcile.drift import DriftChecker
+from helmfile_operator.reconcile.release import reconcile_release
+from helmfile_operator.reconcile.state import reconcile_state
+from helmfile_operator.reconcile.workqueue import WorkQueue
+from helmfile_operator.settings import Settings
+
+logger = logging.getLogger("helmfile_operator")
+
+Body = Mapping[str, Any]
+
+
+def signature(body: Body) -> tuple[Any, ...]:
+    """What makes an object worth a pass: spec (generation), deletion, finalizers, a reconcile
+    request. Status-only updates (our own writes) are not."""
+    metadata = body.get("metadata") or {}
+    return (
+        metadata.get("generation"),
+        metadata.get("deletionTimestamp"),
+        tuple(metadata.get("finalizers") or ()),
+        (metadata.get("annotations") or {}).get(RECONCILE_REQUEST),
+    )
+
+
+def summary(body: Body) -> tuple[Any, ...]:
+    """What the owning state's summary shows of a release; only a change of it requeues it."""
+    status = body.get("status") or {}
+    conds = tuple(
+        (c.get("type"), c.get("status"), c.get("message")) for c in status.get("conditions") or []
+    )
+    return (
+        body_is_ready(body),
+        status.get("revision"),
+        status.get("chartVersion"),
+        conds,
+        (body.get("metadata") or {}).get("deletionTimestamp"),
+    )
+
+
+def indexed(body: Body) -> IndexedRelease:
+    metadata = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status_conditions = (body.get("status") or {}).get("conditions") or []
+    return IndexedRelease(
+        ready=body_is_ready(body),
+        needs=tuple(spec.get("needs") or ()),
+        state=(metadata.get("labels") or {}).get(STATE_LABEL),
+        drifted=any(
+            c.get("type") == "Drifted" and c.get("status") == "True" for c in status_conditions
+        ),
+        target=(str(spec.get("targetNamespace") or ""), str(spec.get("releaseName") or "")),
+        created=str(metadata.get("creationTimestamp") or ""),
+    )
+
+
+def _key(kind: Any, body: Body) -> ObjectKey:
+    metadata = body.get("metadata") or {}
+    return ObjectKey(kind, str(metadata.get("namespace")), str(metadata.get("name")))
+
+
+class Controller:
+    def __init__(
+        self,
+        settings: Settings,
+        kube: Kube,
+        helm: HelmClient,
+        *,
+        drift: DriftChecker | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.queue: WorkQueue[ObjectKey] = WorkQueue(
+            retry_base_seconds=settings.retry_base_seconds,
+            retry_max_seconds=settings.retry_max_seconds,
+        )
+        self.events = EventRecorder(kube.create_event)
+        self.reconciler = Reconciler(
+            kube=kube,
+            helm=helm,
+            settings=settings,
+            queue=self.queue,
+            drift=drift,
+            events=self.events,
+            metrics=self.metrics,
+        )
+        self.signatures: dict[ObjectKey, tuple[Any, ...]] = {}
+        self.summaries: dict[ObjectKey, tuple[Any, ...]] = {}
+        self._audit: asyncio.Task[None] | None = None
+        self._started = False
+        m = self.metrics
+        m.queue_depth.set_function(lambda: len(self.queue))
+        m.reconciles_in_flight.set_function(lambda: self.queue.in_flight)
+        m.helm_in_flight.set_function(lambda: helm.in_flight)
+        m.workers.set_function(lambda: self.queue.workers)
+        m.drifted_releases.set_function(
+            lambda: sum(entry.drifted for entry in self.reconciler.index.releases.values())
+        )
+
+    @property
+    def index(self) -> ReleaseIndex:
+        return self.reconciler.index
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the workers, the Event poster and the index audit — once, however often called."""
+        if self._started:
+            return
+        self._started = True
+        self.events.start()
+        self.queue.start_workers(self.settings.max_concurrent_reconciles, self.process)
+        if self.settings.index_audit_seconds > 0:
+            self._audit = asyncio.create_task(self._audit_loop(), name="index-audit")
+
+    async def stop(self) -> None:
+        if self._audit is not None:
+            self._audit.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._audit
+        await self.queue.stop_workers()
+        await self.events.stop()
+
+    @property
+    def healthy(self) -> bool:
+        """False once a worker (or the audit) ended: liveness fails and the pod is restarted."""
+        audit_ok = self._audit is None or not self._audit.done()
+        return self._started and self.queue.workers_healthy and audit_ok
+
+    # --- watch events -----------------------------------------------------------------------
+
+    def on_state_event(self, event_type: str | None, body: Body) -> None:
+        key = _key("HelmfileState", body)
+        if event_type == "DELETED":
+            self.signatures.pop(key, None)
+            self.queue.remove(key)
+            self.metrics.forget_state(key.namespace, key.name)
+            return
+        self.metrics.record_state(
+            key.namespace, key.name, (body.get("status") or {}).get("conditions") or []
+        )
+        sig = signature(body)
+        if self.signatures.get(key) != sig:
+            self.signatures[key] = sig
+            self.queue.add(key)
+
+    def on_release_event(self, event_type: str | None, body: Body) -> None:
+        key = _key("HelmfileRelease", body)
+        if event_type == "DELETED":
+            self.forget_release(key)
+            return
+        entry = indexed(body)
+        index = self.reconciler.index
+        previous = index.put(key.namespace, key.name, entry)
+        self.metrics.record_release(
+            key.namespace, key.name, (body.get("status") or {}).get("conditions") or []
+        )
+        sig = signature(body)
+        if self.signatures.get(key) != sig:
+            self.signatures[key] = sig
+            self.queue.add(key)
+        if previous is None or previous.ready != entry.ready:
+            # Wake what waits on this release now, not at its next resync.
+            for dependent in index.dependents(key.namespace, key.name):
+                self.queue.add(ObjectKey("HelmfileRelease", key.namespace, dependent))
+        if previous is not None and previous.target != entry.target:
+            self._wake_claimants(previous.target)
+        if entry.state:
+            sums = summary(body)
+            if self.summaries.get(key) != sums:
+                self.summaries[key] = sums
+                self.queue.add(ObjectKey("HelmfileState", key.namespace, entry.state))
+
+    def forget_release(self, key: ObjectKey) -> None:
+        """The object is gone: drop everything kept for it, and wake who waited on it."""
+        previous = self.reconciler.index.pop(key.namespace, key.name)
+        self.signatures.pop(key, None)
+        self.summaries.pop(key, None)
+        self.metrics.forget_release(key.namespace, key.name)
+        self.queue.remove(key)
+        if previous is None:
+            return
+        self.reconciler.manifests.evict(previous.target)
+        # Releases it needed may be waiting for it to go (reverse-order uninstall).
+        for need in previous.needs:
+            self.queue.add(ObjectKey("HelmfileRelease", key.namespace, need))
+        self._wake_claimants(previous.target)
+        if previous.state:
+            self.queue.add(ObjectKey("HelmfileState", key.namespace, previous.state))
+
+    def _wake_claimants(self, target: tuple[str, str]) -> None:
+        """Another object naming the same Helm release may take it over now."""
+        for namespace, name in self.reconciler.index.claimants(target):
+            self.queue.add(ObjectKey("HelmfileRelease", namespace, name))
+
+    # --- the index audit --------------------------------------------------------------------
+
+    async def audit_index(self) -> int:
+        """Drop index entries of objects that no longer exist — after a watch re-list (410 Gone,
+        reconnect) no DELETED arrives for what vanished in the gap. Returns how many."""
+        namespaces: list[str | None] = list(self.settings.namespaces) or [None]
+        live: set[tuple[str, str]] = set()
+        for namespace in namespaces:
+            for item in await self.reconciler.kube.list_all(RELEASES, namespace):
+                metadata = item["metadata"]
+                live.add((metadata["namespace"], metadata["name"]))
+        stale = [key for key in self.reconciler.index.releases if key not in live]
+        for namespace, name in stale:
+            logger.info("HelmfileRelease/%s/%s: gone (missed by the watch)", namespace, name)
+            self.forget_release(ObjectKey("HelmfileRelease", namespace, name))
+        return len(stale)
+
+    async def _audit_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.index_audit_seconds)
+            try:
+                await self.audit_index()
+            except Exception as error:  # the API may be down: next round
+                logger.warning("index audit failed: %s", type(error).__name__)
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    async def process(self, key: ObjectKey) -> None:
+        """One pass of one object. No exception leaves it: a failure is logged, written to the
+        object's conditions where possible, and retried with the queue's backoff."""
+        started = time.monotonic()
+        try:
+            if key.kind == "HelmfileState":
+                await reconcile_state(self.reconciler, key)
+            else:
+                await reconcile_release(self.reconciler, key)
+        except asyncio.CancelledError:
+            raise
+        except FinalizerConflict:
+            # Someone wrote the object between our read and our write: read it again, now.
+            self.metrics.observe_reconcile(key.kind, "conflict", time.monotonic() - started)
+            self.queue.add(key)
+        except Exception as error:
+            self.metrics.observe_reconcile(key.kind, "error", time.monotonic() - started)
+            delay = self.queue.add_rate_limited(key)
+            logger.exception(
+                "%s: reconcile failed (attempt %d), retrying in %.0fs",
+                key,
+                self.queue.num_requeues(key),
+                delay,
+            )
+            await self._report_error(key, error, delay)
+        else:
+            self.metrics.observe_reconcile(key.kind, "success", time.monotonic() - started)
+            self.queue.forget(key)
+
+    async def _report_error(self, key: ObjectKey, error: Exception, delay: float) -> None:
+        """Ready=False on the object: a pass that failed must not fail silently."""
+        plural = STATES if key.kind == "HelmfileState" else RELEASES
+        # The type and the API status only: an exception's text may quote Secret data.
+        status = getattr(error, "status", None)
+        what = f"{type(error).__name__}" + (f" (HTTP {status})" if status else "")
+        message = f"reconcile failed: {what}; retrying in {delay:.0f}s (operator logs have more)"
+        try:
+            body = await self.reconciler.kube.get(plural, key.namespace, key.name)
+            if body is None:
+                return
+            current = [
+                Condition.model_validate(c)
+                for c in (body.get("status") or {}).get("conditions") or []
+            ]
+            generation = body["metadata"].get("generation")
+            updated = conditions.mark_not_ready(current, "ReconcileError", message, generation)
+            await self.reconciler.kube.patch_status(
+                plural,
+                key.namespace,
+                key.name,
+                {"conditions": [c.to_wire() for c in updated]},
+            )
+        except Exception:  # the API itself may be what failed
+            logger.debug("%s: could not write the error condition", key)

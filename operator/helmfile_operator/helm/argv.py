@@ -1,0 +1,227 @@
+"""The argv of every helm command the operator runs, built by small pure functions.
+
+Rules these builders keep:
+
+- user-provided strings go after `--` (positionals) or as `--flag=value`, so none can be read as
+  a flag;
+- values only ever reach helm as a file (`--values=FILE`), never `--set`; passwords only on stdin
+  (`--password-stdin`), never on argv;
+- Helm 3 and Helm 4 differ in `--wait`: the caller passes helm's major version and the flag is
+  chosen from it. `--atomic`/`--rollback-on-failure` are never passed: the operator remediates
+  (rollback, uninstall) itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from helmfile_operator.api.models import (
+    DEFAULT_HELM_OPTIONS,
+    ChartReference,
+    HelmOptions,
+    duration_seconds,
+    merge_helm_options,
+)
+
+# Helm 4 `--wait` strategies: "watcher" (kstatus, the default of a bare --wait), "legacy" (Helm 3's
+# poller), "hookOnly" (what omitting --wait means).
+WAIT_STRATEGIES = ("watcher", "legacy", "hookOnly")
+DEFAULT_WAIT_STRATEGY = "watcher"
+# The time limit of commands without a helm timeout of their own (version, history, registry
+# login), and `repo add`'s --timeout.
+QUICK_TIMEOUT_SECONDS = 60.0
+
+
+def go_duration(seconds: float) -> str:
+    """A Go duration helm accepts: 300 -> "300s", 1.5 -> "1.5s"."""
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+
+
+def is_oci(url: str) -> bool:
+    return url.startswith("oci://")
+
+
+def registry_host(url: str) -> str:
+    """`oci://ghcr.io/org/charts` -> `ghcr.io` (what `helm registry login` takes)."""
+    return url.removeprefix("oci://").split("/", 1)[0]
+
+
+def repo_alias(url: str, username: str) -> str:
+    """A stable, private repository name for `helm repo add` (only used with credentials)."""
+    digest = hashlib.sha256(f"{url}\0{username}".encode()).hexdigest()[:16]
+    return f"hfo-{digest}"
+
+
+def chart_ref(chart: ChartReference, *, alias: str | None = None) -> str:
+    """The CHART argument: `oci://host/path/name`, `alias/name`, or the bare name (with --repo)."""
+    url = chart.repository.url
+    if is_oci(url):
+        return f"{url.rstrip('/')}/{chart.name}"
+    if alias is not None:
+        return f"{alias}/{chart.name}"
+    return chart.name
+
+
+def chart_flags(
+    chart: ChartReference, *, alias: str | None = None, ca_file: Path | None = None
+) -> list[str]:
+    """Where the chart comes from: --version, --repo (plain http(s) only), TLS options."""
+    flags: list[str] = []
+    if chart.version:
+        flags.append(f"--version={chart.version}")
+    if not is_oci(chart.repository.url) and alias is None:
+        flags.append(f"--repo={chart.repository.url}")
+    if ca_file is not None:
+        flags.append(f"--ca-file={ca_file}")
+    if chart.repository.insecure_skip_tls_verify:
+        flags.append("--insecure-skip-tls-verify")
+    return flags
+
+
+def scope_flags(namespace: str, impersonate: str | None) -> list[str]:
+    flags = [f"--namespace={namespace}"]
+    if impersonate:
+        flags.append(f"--kube-as-user={impersonate}")
+    return flags
+
+
+def wait_flags(
+    helm_major: int, wait: bool, wait_for_jobs: bool = False, strategy: str = DEFAULT_WAIT_STRATEGY
+) -> list[str]:
+    """Helm 3: `--wait`; Helm 4: `--wait=<strategy>` (a bare `--wait` means "watcher")."""
+    if not wait:
+        return []
+    if strategy not in WAIT_STRATEGIES:
+        raise ValueError(f"unknown helm wait strategy {strategy!r}")
+    flags = [f"--wait={strategy}"] if helm_major >= 4 else ["--wait"]
+    if wait_for_jobs:
+        flags.append("--wait-for-jobs")
+    return flags
+
+
+def helm_timeout_seconds(options: HelmOptions) -> float:
+    """helm's --timeout for `options` laid over DEFAULT_HELM_OPTIONS (which always sets one)."""
+    timeout = merge_helm_options(DEFAULT_HELM_OPTIONS, options).timeout
+    assert timeout is not None  # DEFAULT_HELM_OPTIONS.timeout is set and merging keeps it
+    return duration_seconds(timeout)
+
+
+def upgrade_argv(
+    *,
+    release: str,
+    namespace: str,
+    chart: ChartReference,
+    values_file: Path,
+    options: HelmOptions,
+    helm_major: int,
+    impersonate: str | None = None,
+    alias: str | None = None,
+    ca_file: Path | None = None,
+    wait_strategy: str = DEFAULT_WAIT_STRATEGY,
+) -> list[str]:
+    """`helm upgrade --install`; `options` goes over DEFAULT_HELM_OPTIONS; `atomic` is ignored."""
+    opts = merge_helm_options(DEFAULT_HELM_OPTIONS, options)
+    argv = ["upgrade", "--install", *scope_flags(namespace, impersonate)]
+    argv += chart_flags(chart, alias=alias, ca_file=ca_file)
+    argv.append(f"--values={values_file}")
+    if opts.create_namespace:
+        argv.append("--create-namespace")
+    argv += wait_flags(helm_major, bool(opts.wait), bool(opts.wait_for_jobs), wait_strategy)
+    argv.append(f"--timeout={go_duration(helm_timeout_seconds(opts))}")
+    if opts.history_max is not None:
+        argv.append(f"--history-max={opts.history_max}")
+    argv += ["--output=json", "--", release, chart_ref(chart, alias=alias)]
+    return argv
+
+
+def uninstall_argv(
+    *,
+    release: str,
+    namespace: str,
+    timeout_seconds: float,
+    wait: bool,
+    helm_major: int,
+    impersonate: str | None = None,
+    wait_strategy: str = DEFAULT_WAIT_STRATEGY,
+) -> list[str]:
+    argv = ["uninstall", *scope_flags(namespace, impersonate)]
+    argv += wait_flags(helm_major, wait, strategy=wait_strategy)
+    argv += [f"--timeout={go_duration(timeout_seconds)}", "--", release]
+    return argv
+
+
+def rollback_argv(
+    *,
+    release: str,
+    namespace: str,
+    revision: int | None,
+    timeout_seconds: float,
+    wait: bool,
+    helm_major: int,
+    impersonate: str | None = None,
+    wait_for_jobs: bool = False,
+    history_max: int | None = None,
+    wait_strategy: str = DEFAULT_WAIT_STRATEGY,
+) -> list[str]:
+    """`helm rollback RELEASE [REVISION]`: no revision means the previous one."""
+    if revision is not None and revision < 1:
+        raise ValueError("a revision is a positive number")
+    argv = ["rollback", *scope_flags(namespace, impersonate)]
+    argv += wait_flags(helm_major, wait, wait_for_jobs, wait_strategy)
+    argv.append(f"--timeout={go_duration(timeout_seconds)}")
+    if history_max is not None:
+        argv.append(f"--history-max={history_max}")
+    argv += ["--", release]
+    if revision is not None:
+        argv.append(str(revision))
+    return argv
+
+
+def history_argv(
+    *, release: str, namespace: str, max: int, impersonate: str | None = None
+) -> list[str]:
+    return [
+        "history",
+        *scope_flags(namespace, impersonate),
+        f"--max={max}",
+        "--output=json",
+        "--",
+        release,
+    ]
+
+
+def repo_add_argv(
+    *,
+    alias: str,
+    url: str,
+    username: str,
+    insecure_skip_tls_verify: bool = False,
+    ca_file: Path | None = None,
+    timeout_seconds: float = QUICK_TIMEOUT_SECONDS,
+) -> list[str]:
+    """`helm repo add` into a private repositories.yaml; the password comes on stdin."""
+    argv = ["repo", "add", "--force-update", f"--username={username}", "--password-stdin"]
+    if insecure_skip_tls_verify:
+        argv.append("--insecure-skip-tls-verify")
+    if ca_file is not None:
+        argv.append(f"--ca-file={ca_file}")
+    argv += [f"--timeout={go_duration(timeout_seconds)}", "--", alias, url]
+    return argv
+
+
+def registry_login_argv(
+    *, host: str, username: str, insecure: bool = False, ca_file: Path | None = None
+) -> list[str]:
+    """`helm registry login` into a private registry config; the password comes on stdin."""
+    argv = ["registry", "login", f"--username={username}", "--password-stdin"]
+    if insecure:
+        argv.append("--insecure")
+    if ca_file is not None:
+        argv.append(f"--ca-file={ca_file}")
+    argv += ["--", host]
+    return argv

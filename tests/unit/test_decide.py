@@ -1,0 +1,109 @@
+"""The release state machine's decision, as a table: observation in, one action out."""
+
+from __future__ import annotations
+
+import pytest
+
+from helmfile_operator.reconcile.decide import (
+    LOCK_MARGIN_SECONDS,
+    Action,
+    Attempt,
+    Decision,
+    Lock,
+    Observation,
+    decide,
+)
+
+D = "sha256:new"
+IN_SYNC = {
+    "in_storage": True,
+    "head_deployed": True,
+    "head_revision": 2,
+    "digest": D,
+    "applied_digest": D,
+    "applied_revision": 2,
+}
+UPGRADE_WANTED = {**IN_SYNC, "applied_digest": "sha256:old"}
+FAILED_NOW = Attempt(failed=True, digest=D, seconds_ago=1)
+FAILED_LONG_AGO = Attempt(failed=True, digest=D, seconds_ago=700)
+STALE = 300 + LOCK_MARGIN_SECONDS
+
+CASES: list[tuple[str, Observation, Decision]] = [
+    # deletion
+    ("deleting without our finalizer", Observation(deleting=True, finalizer=False),
+     Decision(Action.NOTHING)),
+    ("deleting with dependents left", Observation(deleting=True, dependents=("api",)),
+     Decision(Action.WAIT_FOR_DEPENDENTS)),
+    ("deleting, keep the release", Observation(deleting=True, keep_release=True),
+     Decision(Action.RELEASE)),
+    ("deleting", Observation(deleting=True), Decision(Action.UNINSTALL_AND_RELEASE)),
+    ("deleting a release another object drives: never uninstall it",
+     Observation(deleting=True, owner="apps/first", dependents=("api",)),
+     Decision(Action.RELEASE)),
+    # gates
+    ("suspended", Observation(suspended=True, **UPGRADE_WANTED), Decision(Action.SUSPENDED)),
+    ("needs itself", Observation(self_needed=True), Decision(Action.REJECT_SELF_NEED)),
+    ("owned by another", Observation(owner="apps/first"), Decision(Action.REJECT_OWNED)),
+    ("needs not ready", Observation(unready_needs=("db",), **UPGRADE_WANTED),
+     Decision(Action.WAIT_FOR_NEEDS)),
+    ("installed: false, in storage", Observation(install_wanted=False, in_storage=True),
+     Decision(Action.UNINSTALL)),
+    ("installed: false, absent", Observation(install_wanted=False),
+     Decision(Action.MARK_UNINSTALLED)),
+    # locks
+    ("lock we left (crash mid-action)",
+     Observation(in_storage=True, lock=Lock("pending-upgrade", 3, age_seconds=5, ours=True)),
+     Decision(Action.RECOVER)),
+    ("someone else's fresh lock: wait until it is stale",
+     Observation(in_storage=True, lock=Lock("pending-upgrade", 3, age_seconds=20, ours=False)),
+     Decision(Action.WAIT_FOR_LOCK, STALE - 20)),
+    ("someone else's stale lock",
+     Observation(in_storage=True, lock=Lock("pending-install", 1, age_seconds=STALE, ours=False)),
+     Decision(Action.RECOVER)),
+    # values
+    ("values unreadable", Observation(values_error="spec.valuesFrom[0]: not found"),
+     Decision(Action.REPORT_VALUES_ERROR)),
+    # sync
+    ("in sync", Observation(**IN_SYNC), Decision(Action.IN_SYNC)),
+    ("absent", Observation(digest=D), Decision(Action.INSTALL)),
+    ("values changed", Observation(**UPGRADE_WANTED), Decision(Action.UPGRADE)),
+    ("deleted from storage behind our back", Observation(**{**IN_SYNC, "in_storage": False,
+     "head_deployed": False, "head_revision": None}), Decision(Action.INSTALL)),
+    ("head revision is not the one we applied", Observation(**{**IN_SYNC, "head_revision": 3}),
+     Decision(Action.UPGRADE)),
+    ("head failed (someone else's upgrade)",
+     Observation(**{**IN_SYNC, "head_deployed": False, "head_revision": 3}),
+     Decision(Action.UPGRADE)),
+    # failures
+    ("failed, backing off",
+     Observation(**UPGRADE_WANTED, last_attempt=FAILED_NOW, backoff_seconds=10),
+     Decision(Action.BACKOFF, 9)),
+    ("failed, backoff over", Observation(**UPGRADE_WANTED, last_attempt=Attempt(True, D, 11),
+     backoff_seconds=10), Decision(Action.UPGRADE)),
+    ("failed with other values: a new spec tries at once",
+     Observation(**UPGRADE_WANTED, last_attempt=Attempt(True, "sha256:other", 1),
+                 backoff_seconds=10), Decision(Action.UPGRADE)),
+    ("stalled: re-evaluated only every interval",
+     Observation(**UPGRADE_WANTED, last_attempt=FAILED_NOW, stalled=True, interval_seconds=600),
+     Decision(Action.STALLED, 599)),
+    ("stalled, an interval later: tried again (the version may be published now)",
+     Observation(**UPGRADE_WANTED, last_attempt=FAILED_LONG_AGO, stalled=True,
+                 interval_seconds=600), Decision(Action.UPGRADE)),
+    ("stalled first install, an interval later",
+     Observation(digest=D, last_attempt=FAILED_LONG_AGO, stalled=True, interval_seconds=600),
+     Decision(Action.INSTALL)),
+    ("a failed attempt of values now in sync does not matter",
+     Observation(**IN_SYNC, last_attempt=FAILED_NOW, stalled=True), Decision(Action.IN_SYNC)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("observation", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_decide(observation: Observation, expected: Decision) -> None:
+    assert decide(observation) == expected
+
+
+def test_every_action_is_reachable() -> None:
+    reached = {expected.action for _, _, expected in CASES}
+    assert reached == set(Action)
