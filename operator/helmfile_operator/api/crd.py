@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from helmfile_operator.api.models import (
     GROUP,
+    LABEL_VALUE_MAX,
     VERSION,
     HelmfileReleaseSpec,
     HelmfileReleaseStatus,
@@ -81,6 +82,42 @@ def openapi_schema(model: type[BaseModel]) -> Schema:
     return schema
 
 
+def _rule(rule: str, message: str, field_path: str | None = None) -> Schema:
+    """One `x-kubernetes-validations` entry: the API server rejects the object with `message`."""
+    entry: Schema = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    entry["reason"] = "FieldValueInvalid"
+    return entry
+
+
+# A CRD may declare only `name` and `generateName` of the metadata. `name` is declared so that a
+# root rule's fieldPath can point at it: the error then names `metadata.name` instead of `<nil>`.
+_METADATA: Schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+
+# Rules on the whole object, by kind: only there may CEL read `metadata.name`.
+ROOT_RULES: dict[str, list[Schema]] = {
+    "HelmfileState": [
+        # Otherwise every child apply fails with 422 and the state never gets a condition.
+        _rule(
+            f"self.metadata.name.size() <= {LABEL_VALUE_MAX}",
+            f"metadata.name: at most {LABEL_VALUE_MAX} characters, because it is used as the "
+            "value of the label helmfile.dev/state on every HelmfileRelease; choose a shorter name",
+            ".metadata.name",
+        )
+    ],
+    "HelmfileRelease": [
+        # A release waiting for itself to be Ready never installs (nor uninstalls).
+        _rule(
+            "!has(self.spec.needs) || !(self.metadata.name in self.spec.needs)",
+            "spec.needs must not contain the HelmfileRelease's own name (metadata.name): a "
+            "release cannot wait for itself; remove that entry",
+            ".spec.needs",
+        )
+    ],
+}
+
+
 def _condition_column(name: str, condition: str, priority: int = 0) -> dict[str, Any]:
     column: dict[str, Any] = {
         "name": name,
@@ -120,14 +157,12 @@ def _crd(
         releases["x-kubernetes-list-map-keys"] = ["name"]
         # A better error at `kubectl apply` time than a Stalled state afterwards.
         spec_schema["x-kubernetes-validations"] = [
-            {
-                "rule": "self.environment == 'default' || "
+            _rule(
+                "self.environment == 'default' || "
                 "(has(self.environments) && self.environment in self.environments)",
-                "message": "spec.environment must name an entry of spec.environments "
-                "(or be 'default')",
-                "fieldPath": ".environment",
-                "reason": "FieldValueInvalid",
-            }
+                "spec.environment must name an entry of spec.environments (or be 'default')",
+                ".environment",
+            )
         ]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -159,10 +194,11 @@ def _crd(
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                "metadata": copy.deepcopy(_METADATA),
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
+                            "x-kubernetes-validations": copy.deepcopy(ROOT_RULES[kind]),
                         }
                     },
                 }
@@ -206,6 +242,25 @@ def custom_resource_definitions() -> list[dict[str, Any]]:
         ],
     )
     return [state, release]
+
+
+def validation_messages() -> dict[str, list[str]]:
+    """Kind → the messages of its CEL rules, root first, as the API server reports them."""
+
+    def walk(node: Any) -> list[str]:
+        if isinstance(node, list):
+            return [message for item in node for message in walk(item)]
+        if not isinstance(node, dict):
+            return []
+        own = [rule["message"] for rule in node.get("x-kubernetes-validations", [])]
+        return own + [
+            m for k, v in node.items() if k != "x-kubernetes-validations" for m in walk(v)
+        ]
+
+    return {
+        crd["spec"]["names"]["kind"]: walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        for crd in custom_resource_definitions()
+    }
 
 
 def crd_files() -> dict[str, str]:

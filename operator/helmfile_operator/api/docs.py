@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from helmfile_operator.api.crd import validation_messages
 from helmfile_operator.api.models import (
     API_VERSION,
     HelmfileReleaseSpec,
@@ -80,8 +81,17 @@ def api_reference() -> str:
         ("HelmfileRelease spec", HelmfileReleaseSpec),
         ("HelmfileRelease status", HelmfileReleaseStatus),
     ]
+    messages = validation_messages()
     for title, model in top:
         out += [f"## {title}", "", (model.__doc__ or "").strip(), "", *_table(model, nested), ""]
+        kind, _, part = title.partition(" ")
+        if part == "spec" and messages.get(kind):
+            out += [
+                f"The API server rejects a {kind} that breaks a rule, with its message:",
+                "",
+                *(f"- {message}" for message in messages[kind]),
+                "",
+            ]
     done: set[type[BaseModel]] = set()
     while nested:
         model = nested.pop(0)
