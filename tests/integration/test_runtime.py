@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import time
 from typing import Any
 
 import pytest
+from kubernetes import client, config
 
 from helmfile_operator.kube import RELEASES, FinalizerConflict, Kube
 from testbed_fixtures import (
@@ -151,8 +151,9 @@ def test_one_worker_pool_however_many_objects(
 
 
 def test_a_finalizer_write_from_a_stale_read_is_refused(cluster: Cluster, namespace: str) -> None:
-    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    kube = Kube.from_environment()
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
+    kube = Kube(client.ApiClient(configuration))
     body = hand_written("stale", namespace, "https://charts.example.com", suspend=True)
     cluster.run("kubectl", "apply", "-f", "-", input=json.dumps(body))
     read = hfr(cluster, namespace, "stale")

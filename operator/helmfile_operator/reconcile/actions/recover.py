@@ -21,5 +21,9 @@ async def recover(ctx: ReleaseContext) -> None:
         await ctx.helm_rollback(last_good, wait=False)
         done = f"rolled back to revision {last_good}"
     ctx.status.in_progress = None
-    ctx.event("Normal", "Recovered", f"revision {locked.number} was left {locked.status}: {done}")
+    ctx.event(
+        "Normal",
+        "Recovered",
+        f"release was left {locked.status} (revision {locked.number}): {done}",
+    )
     ctx.requeue(0)
