@@ -213,7 +213,7 @@ SUFFIXES = ("_bucket", "_count", "_sum")
 def defined_metrics() -> set[str]:
     """Names of the series the operator exposes (counters with their `_total`)."""
     names = set()
-    for collector in vars(metrics).values():
+    for collector in vars(metrics.Metrics()).values():
         if isinstance(collector, MetricWrapperBase):
             for family in collector.describe():
                 names.add(f"{family.name}_total" if family.type == "counter" else family.name)

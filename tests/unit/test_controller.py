@@ -154,3 +154,21 @@ async def test_the_first_claimant_of_a_helm_release_keeps_it() -> None:
     ctl.on_release_event("DELETED", first)
     assert ctl.index.owner("apps", "second") is None
     ctl.queue.shutdown()
+
+
+async def test_liveness_probe_fails_once_the_workers_died() -> None:
+    import kopf
+
+    from helmfile_operator.controllers.handlers import CONTROLLER, workers_alive
+
+    kube = FakeKube()
+    ctl = controller(kube)
+    ctl.start()
+    memo = kopf.Memo({CONTROLLER: ctl})
+    assert workers_alive(memo=memo) == 4
+    for worker in ctl.queue._workers:
+        worker.cancel()
+    await asyncio.sleep(0)
+    with pytest.raises(kopf.PermanentError):
+        workers_alive(memo=memo)
+    await ctl.stop()

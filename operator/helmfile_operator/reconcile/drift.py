@@ -15,6 +15,7 @@ only paths, Secrets included.
 from __future__ import annotations
 
 import asyncio
+import collections
 import fnmatch
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,9 +27,12 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
 from helmfile_operator.api.models import DriftedObject, DriftIgnoreRule
+from helmfile_operator.kube import REQUEST_TIMEOUT
 
 DRIFT_OPT_OUT = "helmfile.dev/drift-detection"  # "disabled" on a live object: never drift
 FIELD_MANAGER = "helmfile-operator-drift"
+MAX_CLIENTS = 64  # identities with a cached API client (and discovery)
+TIMEOUT = REQUEST_TIMEOUT
 
 # Paths the API server owns or that change on every write.
 _IGNORED_PREFIXES = (
@@ -127,7 +131,9 @@ class DriftChecker:
     def __init__(self, configuration: client.Configuration) -> None:
         self._configuration = configuration
         # The dynamic client is untyped: Any keeps mypy --strict honest about that boundary.
-        self._clients: dict[str | None, Any] = {}
+        # One client (with its discovery cache) per identity, least recently used first out:
+        # a cluster with many tenants must not grow one per ServiceAccount forever.
+        self._clients: collections.OrderedDict[str | None, Any] = collections.OrderedDict()
 
     def _client(self, impersonate: str | None) -> Any:
         dynamic = self._clients.get(impersonate)
@@ -136,6 +142,9 @@ class DriftChecker:
             if impersonate:
                 api_client.set_default_header("Impersonate-User", impersonate)  # type: ignore[no-untyped-call]
             dynamic = self._clients[impersonate] = DynamicClient(api_client)  # type: ignore[no-untyped-call]
+            while len(self._clients) > MAX_CLIENTS:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(impersonate)
         return dynamic
 
     async def check(
@@ -183,7 +192,9 @@ class DriftChecker:
                 namespace=object_namespace,
             )
             try:
-                live = dynamic.get(resource, name=name, namespace=object_namespace).to_dict()
+                live = dynamic.get(
+                    resource, name=name, namespace=object_namespace, _request_timeout=TIMEOUT
+                ).to_dict()
             except NotFoundError:
                 entry.missing = True
                 report.objects.append(entry)
@@ -201,6 +212,7 @@ class DriftChecker:
                     field_manager=FIELD_MANAGER,
                     force_conflicts=True,
                     dry_run="All",
+                    _request_timeout=TIMEOUT,
                 ).to_dict()
             except client.ApiException as error:
                 raise _check_error(error, obj, object_namespace) from None
@@ -228,6 +240,7 @@ class DriftChecker:
                     namespace=object_namespace,
                     field_manager="helm",
                     force_conflicts=True,
+                    _request_timeout=TIMEOUT,
                 )
             except client.ApiException as error:
                 raise _check_error(error, obj, object_namespace) from None

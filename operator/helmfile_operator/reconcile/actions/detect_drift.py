@@ -48,7 +48,7 @@ async def detect_drift(ctx: ReleaseContext) -> None:
     if mode is DriftMode.DISABLED or checker is None or ctx.storage is None:
         if status.drift is not None or conditions.find(status.conditions, conditions.DRIFTED):
             status.drift = None
-            status.conditions = conditions.remove(status.conditions, conditions.DRIFTED)
+            ctx.remove_condition(conditions.DRIFTED)
         return
     manifest = await _manifest(ctx)
     if manifest is None:
@@ -66,32 +66,26 @@ async def detect_drift(ctx: ReleaseContext) -> None:
                 if not report.drifted:
                     ctx.reconciler.metrics.remediations.labels("drift-correction").inc()
                     status.drift = None
-                    status.conditions = conditions.set_condition(
-                        status.conditions,
+                    ctx.set_condition(
                         conditions.DRIFTED,
                         "False",
                         "DriftCorrected",
                         "live objects were restored from the release manifest",
-                        ctx.generation,
                     )
                     ctx.event("Normal", "DriftCorrected", "restored the drifted objects")
                     return
                 _record(ctx, report)
             return
     except DriftCheckError as error:
-        status.conditions = conditions.set_condition(
-            status.conditions, conditions.DRIFTED, "Unknown", "DriftCheckFailed", str(error),
-            ctx.generation,
-        )  # fmt: skip
+        ctx.set_condition(conditions.DRIFTED, "Unknown", "DriftCheckFailed", str(error))
         ctx.event("Warning", "DriftCheckFailed", str(error))
         return
     status.drift = None
     drifted = conditions.find(status.conditions, conditions.DRIFTED)
     if drifted is None or drifted.status != "False" or drifted.reason == "DriftCheckFailed":
-        status.conditions = conditions.set_condition(
-            status.conditions, conditions.DRIFTED, "False", "NoDrift",
-            "live objects match the release manifest", ctx.generation,
-        )  # fmt: skip
+        ctx.set_condition(
+            conditions.DRIFTED, "False", "NoDrift", "live objects match the release manifest"
+        )
 
 
 def _record(ctx: ReleaseContext, report: DriftReport) -> None:
@@ -105,7 +99,4 @@ def _record(ctx: ReleaseContext, report: DriftReport) -> None:
     status.drift = DriftStatus(
         detected_at=detected_at, revision=ctx.storage.revision, objects=report.objects
     )
-    status.conditions = conditions.set_condition(
-        status.conditions, conditions.DRIFTED, "True", "DriftDetected", _summary(report),
-        ctx.generation,
-    )  # fmt: skip
+    ctx.set_condition(conditions.DRIFTED, "True", "DriftDetected", _summary(report))
