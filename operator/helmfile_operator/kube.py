@@ -133,18 +133,9 @@ class Kube:
     ) -> None:
         """Write the finalizers only if the object is still at `resource_version` (optimistic
         concurrency): a stale read can never drop a finalizer another controller added."""
-        patch = {"metadata": {"finalizers": wanted or None, "resourceVersion": resource_version}}
+        metadata = {"finalizers": wanted or None, "resourceVersion": resource_version}
         try:
-            await self._maybe(
-                self.custom.patch_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                plural,
-                name,
-                patch,
-                _content_type="application/merge-patch+json",
-            )
+            await self.patch_metadata(plural, namespace, name, metadata)
         except ApiException as error:
             if error.status == 409:
                 raise FinalizerConflict(f"{plural} {namespace}/{name} changed meanwhile") from None

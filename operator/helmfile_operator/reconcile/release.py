@@ -320,19 +320,11 @@ async def _backoff(ctx: ReleaseContext, decision: Decision) -> None:
     return  # the condition of the failure stays; `after` requeues
 
 
-async def _install(ctx: ReleaseContext, decision: Decision) -> None:
+async def _install_or_upgrade(ctx: ReleaseContext, decision: Decision) -> None:
     if await _adopt_unrecorded_success(ctx):
         return
     _count_attempt(ctx)
-    await install(ctx)
-    _check_drift_next(ctx)
-
-
-async def _upgrade(ctx: ReleaseContext, decision: Decision) -> None:
-    if await _adopt_unrecorded_success(ctx):
-        return
-    _count_attempt(ctx)
-    await upgrade(ctx)
+    await (install(ctx) if decision.action is Action.INSTALL else upgrade(ctx))
     _check_drift_next(ctx)
 
 
@@ -353,8 +345,8 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.IN_SYNC: _in_sync,
     Action.BACKOFF: _backoff,
     Action.STALLED: _backoff,
-    Action.INSTALL: _install,
-    Action.UPGRADE: _upgrade,
+    Action.INSTALL: _install_or_upgrade,
+    Action.UPGRADE: _install_or_upgrade,
 }
 # Deletion ends in the object going away; waiting on needs or dependents is woken by the watch.
 _NO_RESYNC = frozenset(
