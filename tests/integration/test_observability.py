@@ -58,6 +58,16 @@ def test_metrics_follow_convergence_failure_and_deletion(
     apply(cluster, _state(namespace, chart_repo.url, [good]))
     wait_for_condition(cluster, "hfs/observed", namespace, "Ready")
 
+    # The Ready status is written as soon as helm returns; the pass (and its counters) ends a
+    # moment later.
+    wait_until(
+        lambda: value(samples(operator), "helmfile_operator_reconcile_total",
+                      kind="HelmfileRelease", result="success")
+        > value(before, "helmfile_operator_reconcile_total", kind="HelmfileRelease",
+                result="success"),
+        timeout=30,
+        message="the release's pass to be counted",
+    )  # fmt: skip
     after = samples(operator)
     for name, labels in [
         ("helmfile_operator_reconcile_total", {"kind": "HelmfileRelease", "result": "success"}),

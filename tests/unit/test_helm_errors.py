@@ -90,7 +90,7 @@ SAMPLES: list[tuple[str, str, HelmErrorKind]] = [
         "upgrade",
         'Error: looks like "http://127.0.0.1:18580" is not a valid chart repository or cannot be '
         "reached: failed to fetch http://127.0.0.1:18580/index.yaml : 401 Unauthorized",
-        K.REPOSITORY_UNREACHABLE,
+        K.REPOSITORY_AUTH_FAILED,
     ),
     (  # helm 4.3.1
         "upgrade",
@@ -352,6 +352,7 @@ def test_exit_code_without_output() -> None:
         (K.CONNECTION, True),
         (K.REPOSITORY_UNREACHABLE, True),
         (K.UNKNOWN, True),
+        (K.REPOSITORY_AUTH_FAILED, False),
         (K.CHART_NOT_FOUND, False),
         (K.VERSION_NOT_FOUND, False),
         (K.RENDER_FAILED, False),

@@ -21,6 +21,7 @@ class HelmErrorKind(StrEnum):
     CHART_NOT_FOUND = "ChartNotFound"
     VERSION_NOT_FOUND = "VersionNotFound"
     REPOSITORY_UNREACHABLE = "RepositoryUnreachable"
+    REPOSITORY_AUTH_FAILED = "RepositoryAuthFailed"
     RENDER_FAILED = "RenderFailed"
     TIMEOUT = "Timeout"
     CONFLICT = "Conflict"
@@ -69,6 +70,9 @@ HINTS: dict[HelmErrorKind, str] = {
         "will retry"
     ),
     HelmErrorKind.CONNECTION: "the Kubernetes API server was unreachable; will retry",
+    HelmErrorKind.REPOSITORY_AUTH_FAILED: (
+        "the repository refused the credentials: check spec.chart.repository.secretRef"
+    ),
     HelmErrorKind.FORBIDDEN: (
         "grant the service account (serviceAccountName) the RBAC permissions named above"
     ),
@@ -232,8 +236,9 @@ def classify(
                 else f"helm exited with code {returncode} and no error message"
             )
     if kind is HelmErrorKind.REPOSITORY_UNREACHABLE and re.search(r"\b40[13]\b", stderr):
-        hint = "the repository refused the credentials: check spec.chart.repository.secretRef"
-    elif kind is HelmErrorKind.UNKNOWN and _NO_KIND.search(stderr):
+        # Refused credentials stay refused until someone fixes them: not worth a fast retry.
+        kind = HelmErrorKind.REPOSITORY_AUTH_FAILED
+    if kind is HelmErrorKind.UNKNOWN and _NO_KIND.search(stderr):
         hint = "a kind of the chart is not known to the cluster; install its CRDs first (needs)"
     elif kind is HelmErrorKind.UNKNOWN and _NO_NAMESPACE.search(stderr):
         hint = "the target namespace does not exist: create it or set helm.createNamespace"
