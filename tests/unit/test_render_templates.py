@@ -100,9 +100,9 @@ hosts:
 
 def test_keys_win_over_dict_methods() -> None:
     # `environment.values` must be the values, not dict.values; same for any key.
-    assert render("x: {{ values['items'] }}\ny: {{ values.items }}") == {
+    assert render("x: {{ values['items'] }}\nz: {{ values.items }}") == {
         "x": "a key named like a dict method",
-        "y": "a key named like a dict method",
+        "z": "a key named like a dict method",
     }
 
 
@@ -114,11 +114,14 @@ def test_empty_output_is_empty_map(source: str) -> None:
 
 
 def test_none_renders_as_yaml_null() -> None:
-    assert render("v: {{ release.version }}\nn: {{ values.nothing }}") == {"v": None, "n": None}
+    assert render("v: {{ release.version }}\nm: {{ values.nothing }}") == {"v": None, "m": None}
 
 
 def test_yaml_output_is_json_compatible() -> None:
-    source = "a: &a [1, 2]\nb: [*a, *a]\nday: 2024-01-01\n404: not found\ntrue: yes\nnull: x\n"
+    source = (
+        "a: &a [1, 2]\nb: [*a, *a]\nday: 2024-01-01\n404: not found\ntrue: yes\n"
+        "bin: !!binary aGk=\n"
+    )
     result = render(source)
     assert result == {
         "a": [1, 2],
@@ -126,7 +129,7 @@ def test_yaml_output_is_json_compatible() -> None:
         "day": "2024-01-01",  # no implicit timestamps: helm sees a string too
         "404": "not found",
         "true": True,
-        "null": "x",
+        "bin": "hi",  # helm decodes !!binary to text
     }
     result["b"][0].append(3)
     assert result["a"] == [1, 2]  # aliases are expanded into separate lists
@@ -234,9 +237,9 @@ present: {{ values.replicas | default(9) }}
 
 
 def test_is_defined_test() -> None:
-    assert render("x: {{ values.missing is defined }}\ny: {{ values.db is defined }}") == {
+    assert render("x: {{ values.missing is defined }}\nz: {{ values.db is defined }}") == {
         "x": False,
-        "y": True,
+        "z": True,
     }
 
 
@@ -405,8 +408,36 @@ def test_invalid_yaml_output_does_not_echo_content() -> None:
     assert "nindent" in error.message
 
 
+def test_output_is_read_as_helm_reads_values() -> None:
+    # y/n/on/off are booleans for helm (go-yaml v2), also as keys; 12:30 and = are strings.
+    assert render("y: n\nt: 12:30\ne: =\no: 0o17\n") == {
+        "true": False,
+        "t": "12:30",
+        "e": "=",
+        "o": 15,
+    }
+    assert render("a: {{ values.db.port }}\n---\nb: 2\n") == {"a": 5432, "b": 2}  # merged
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("null: x", "has a null map key at line 1"),
+        ("a: 1\nm: {1: a, '1': b}", "has two map keys that helm turns into the same string"),
+        ("a: {<<: 1}", "has a merge key `<<` at line 1 whose value is not a map"),
+    ],
+)
+def test_keys_helm_refuses_are_errors(source: str, problem: str) -> None:
+    assert render_error(source).message.startswith(f"the rendered output {problem}")
+
+
+def test_to_yaml_quotes_what_helm_would_not_read_as_a_string() -> None:
+    words = ["y", "N", "on", "0o17", "0X1F", "1e3", "08", "<<", "", "=", "12:30", "2024-01-01"]
+    text = to_yaml({word: word for word in words})
+    assert render(f"x:\n  {text.replace(chr(10), chr(10) + '  ')}") == {"x": {w: w for w in words}}
+
+
 def test_non_json_values_are_rejected() -> None:
-    assert "'x' is a 'bytes'" in render_error("x: !!binary aGk=").message
     assert "non-finite" in render_error("a:\n  b: [.nan]").message
     assert "'a.b[0]'" in render_error("a:\n  b: [.inf]").message
 

@@ -21,11 +21,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
+from helmfile_operator import goyaml
 from helmfile_operator.api.models import DriftedObject, DriftIgnoreRule
 from helmfile_operator.kube import REQUEST_TIMEOUT
 
@@ -61,12 +61,21 @@ class DriftReport:
         return bool(self.objects)
 
 
-def manifest_objects(manifest: str) -> list[dict[str, Any]]:
+def manifest_objects(manifest: str, where: str = "the release manifest") -> list[dict[str, Any]]:
+    """The objects of a manifest (maps with a kind and a name), read as helm reads it. Raises
+    goyaml.GoYAMLError (a ValueError) naming `where` and the line, never the content."""
     return [
         doc
-        for doc in yaml.safe_load_all(manifest or "")
-        if isinstance(doc, dict) and doc.get("kind") and doc.get("metadata", {}).get("name")
+        for doc in goyaml.load_manifest(manifest or "", where)
+        if doc.get("kind") and isinstance(doc.get("metadata"), dict) and doc["metadata"].get("name")
     ]
+
+
+def _objects(manifest: str) -> list[dict[str, Any]]:
+    try:
+        return manifest_objects(manifest)
+    except goyaml.GoYAMLError as error:
+        raise DriftCheckError(f"drift check: {error}") from None
 
 
 def _escape(key: str) -> str:
@@ -179,7 +188,7 @@ class DriftChecker:
     ) -> DriftReport:
         dynamic = self._client(impersonate)
         report = DriftReport()
-        for obj in manifest_objects(manifest):
+        for obj in _objects(manifest):
             resource = self._resource(dynamic, obj)
             object_namespace = (
                 (obj["metadata"].get("namespace") or namespace) if resource.namespaced else None
@@ -226,7 +235,7 @@ class DriftChecker:
         self, manifest: str, release: str, namespace: str, impersonate: str | None
     ) -> None:
         dynamic = self._client(impersonate)
-        for obj in manifest_objects(manifest):
+        for obj in _objects(manifest):
             resource = self._resource(dynamic, obj)
             object_namespace = (
                 (obj["metadata"].get("namespace") or namespace) if resource.namespaced else None

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from kubernetes.client.exceptions import ApiException
 
+from helmfile_operator import goyaml
 from helmfile_operator.api.models import ChartRepository, HelmfileReleaseSpec, ValuesReference
 from helmfile_operator.helm import RepositoryCredentials
 from helmfile_operator.kube import Kube
@@ -27,7 +27,8 @@ class ValuesSourceError(Exception):
 async def read_reference(
     kube: Kube, namespace: str, reference: ValuesReference, field: str
 ) -> dict[str, Any] | None:
-    """The YAML map under `reference.key`, or None when it is optional and missing."""
+    """The values under `reference.key`, read as `helm -f` reads a file (goyaml.load_values), or
+    None when the entry is optional and missing."""
     getter = kube.get_secret if reference.kind == "Secret" else kube.get_config_map
     where = f"{field}: {reference.kind} {namespace}/{reference.name}"
     try:
@@ -54,21 +55,16 @@ async def read_reference(
             "fix `key`, or set `optional: true`"
         )
     raw = data[reference.key]
-    text = base64.b64decode(raw).decode() if reference.kind == "Secret" else raw
+    where = f"{where} key {reference.key!r}"
     try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        line = getattr(getattr(error, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        # The YAML error text may quote the content: never pass it on.
-        raise ValuesSourceError(f"{where} key {reference.key!r} is not valid YAML{at}") from None
-    if parsed is None:
-        return {}
-    if not isinstance(parsed, dict):
-        raise ValuesSourceError(
-            f"{where} key {reference.key!r} holds a {type(parsed).__name__}, not a YAML map"
-        )
-    return parsed
+        text = base64.b64decode(raw).decode() if reference.kind == "Secret" else raw
+    except ValueError:  # binascii.Error, UnicodeDecodeError: their messages quote the bytes
+        raise ValuesSourceError(f"{where} is not UTF-8 text") from None
+    try:
+        # helm's reading (goyaml): the message names `where` and the line, never the content.
+        return goyaml.load_values(text, where)
+    except goyaml.GoYAMLError as error:
+        raise ValuesSourceError(str(error)) from None
 
 
 async def resolve_values_from(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import re
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +31,8 @@ from jinja2.runtime import Context, StrictUndefined, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import missing, object_type_repr
 
+from helmfile_operator import goyaml
+from helmfile_operator.goyaml import MAX_DEPTH, MAX_VALUE_NODES
 from helmfile_operator.render.errors import TemplateRenderError
 
 __all__ = [
@@ -56,10 +57,6 @@ __all__ = [
 CONTEXT_VARIABLES = ("environment", "state", "release", "values")
 # A HelmfileRelease has to fit in etcd (1.5 MiB per object): larger output cannot be stored.
 MAX_OUTPUT_CHARS = 1 << 20
-# YAML aliases can make a small document expand to a huge tree ("billion laughs").
-MAX_VALUE_NODES = 250_000
-# Maps and lists inside each other: helm values are rarely 20 levels deep.
-MAX_DEPTH = 100
 # `'x' * n` and `n ** m` are the cheap ways for a template to exhaust memory or CPU.
 MAX_REPEAT_LENGTH = 1_000_000
 MAX_POWER_BITS = 100_000
@@ -71,7 +68,6 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NOT_YAML_SAFE = re.compile(
     "[^\t\n\r\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
 )
-_TOO_DEEP = f"the rendered output is nested too deeply (limit: {MAX_DEPTH}); flatten the values"
 _SAFE_MESSAGE_ERRORS = (TypeError, ArithmeticError, IndexError, RecursionError)
 
 
@@ -97,11 +93,17 @@ def _yaml_safe_escape(text: str) -> str:
 
 
 def to_yaml(value: Any) -> str:
-    """Block-style YAML without the trailing newline (and without `...` after a scalar)."""
+    """Block-style YAML without the trailing newline (and without `...` after a scalar). Strings
+    helm would read as something else (`y`, `0o17`, `1e3`…) are quoted."""
     _check_defined(value)
     try:
-        text = yaml.safe_dump(
-            value, default_flow_style=False, sort_keys=False, allow_unicode=True, width=1 << 30
+        text = yaml.dump(
+            value,
+            Dumper=goyaml.GoDumper,
+            default_flow_style=False,
+            sort_keys=False,
+            allow_unicode=True,
+            width=1 << 30,
         )
     except yaml.YAMLError:
         raise _FunctionError(
@@ -440,112 +442,23 @@ def _template_line(error: BaseException) -> int | None:
 
 # --- output -------------------------------------------------------------------------------------
 
-
-class _ValuesLoader(yaml.SafeLoader):
-    """SafeLoader without implicit timestamps (`date: 2024-01-01` stays a string, as in helm)
-    and with a nesting limit (PyYAML's recursion takes seconds to hit Python's limit)."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"nesting deeper than {MAX_DEPTH} levels",
-                    self.get_mark(),
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-_ValuesLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+# Advice per kind of goyaml failure, for template authors.
+_OUTPUT_ADVICE = {
+    "syntax": "check the indentation, and embed values with `toYaml | nindent(n)`, `toJson` or "
+    "`quote`",
+    "depth": "flatten the values",
+    "nodes": "reduce the output",
 }
 
 
 def _parse_output(output: str, where: str) -> dict[str, Any]:
+    """The output as helm would read it as a values file (goyaml): a map, or `{}` when empty."""
     try:
-        data = yaml.load(output, Loader=_ValuesLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = " ".join(part for part in (error.context, error.problem) if part)
-        raise TemplateRenderError(
-            where,
-            f"the rendered output is not valid YAML{at}: {problem}; check the indentation, "
-            "and embed values with `toYaml | nindent(n)`, `toJson` or `quote`",
-        ) from None
-    except yaml.YAMLError:
-        raise TemplateRenderError(where, "the rendered output is not valid YAML") from None
-    except RecursionError:
-        raise TemplateRenderError(where, _TOO_DEEP) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise TemplateRenderError(
-            where,
-            f"the rendered output is a YAML {_yaml_kind(data)}, but it must be a map of values "
-            "(`key: value` lines) or empty",
-        )
-    try:
-        result: dict[str, Any] = _plain(data, "", where, [0])  # a dict stays a dict
-    except RecursionError:
-        raise TemplateRenderError(where, _TOO_DEEP) from None
-    return result
-
-
-def _yaml_kind(data: Any) -> str:
-    if isinstance(data, list):
-        return "list"
-    if isinstance(data, str):
-        return "string"
-    if isinstance(data, bool):
-        return "boolean"
-    if isinstance(data, int | float):
-        return "number"
-    return _type_name(data)
-
-
-def _plain(data: Any, path: str, where: str, counter: list[int]) -> Any:
-    """A fresh JSON-compatible tree: aliases expanded (bounded), keys as strings."""
-    counter[0] += 1
-    if counter[0] > MAX_VALUE_NODES:
-        raise TemplateRenderError(
-            where,
-            f"the rendered values have more than {MAX_VALUE_NODES} nodes (YAML aliases "
-            "expand); reduce the output",
-        )
-    if isinstance(data, dict):
-        result: dict[str, Any] = {}
-        for key, value in data.items():
-            name = _key_text(key, path, where)
-            result[name] = _plain(value, f"{path}.{name}" if path else name, where, counter)
-        return result
-    if isinstance(data, list):
-        return [_plain(item, f"{path}[{i}]", where, counter) for i, item in enumerate(data)]
-    if isinstance(data, float) and not math.isfinite(data):
-        _bad_value(where, path, "a non-finite number (.nan/.inf)")
-    if data is None or isinstance(data, str | bool | int | float):
-        return data
-    _bad_value(where, path, f"a {_type_name(data)!r} (from an explicit YAML tag)")
-
-
-def _key_text(key: Any, path: str, where: str) -> str:
-    if isinstance(key, str):
-        return key
-    if key is None or isinstance(key, bool | int | float):
-        return json.dumps(key)  # as sigs.k8s.io/yaml does: 404 → "404", true → "true"
-    _bad_value(where, path or "(top level)", f"a key of type {_type_name(key)!r}")
-
-
-def _bad_value(where: str, path: str, what: str) -> NoReturn:
-    raise TemplateRenderError(
-        where,
-        f"the rendered value at '{path}' is {what}; values may only hold maps, lists, strings, "
-        "finite numbers, booleans and null",
-    )
+        return goyaml.load_values(output, "the rendered output")
+    except goyaml.GoYAMLError as error:
+        message = str(error)
+        # The output is not secret (it is stored in the HelmfileRelease): name the value's path.
+        if error.path and error.reason in ("value", "key"):
+            message += f" (at '{error.path}')"
+        advice = _OUTPUT_ADVICE.get(error.reason)
+        raise TemplateRenderError(where, f"{message}; {advice}" if advice else message) from None

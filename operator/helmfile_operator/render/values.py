@@ -6,6 +6,7 @@ import copy
 import datetime
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from helmfile_operator.api.models import ChartReference, SetValue
 
 __all__ = [
     "MAX_LIST_INDEX",
+    "InvalidValuesError",
     "PathPart",
     "apply_set",
     "deep_merge",
@@ -181,20 +183,82 @@ def _put(container: Any, part: PathPart, value: Any) -> None:
     container[part] = value
 
 
+class InvalidValuesError(ValueError, TypeError):
+    """Values that cannot be hashed, nor handed to helm as JSON: a type JSON has no form for, a
+    non-string key, a non-finite number, a cycle, or nesting too deep to serialise. The message
+    names the problem and its path (keys only, never a value). A TypeError too, for callers that
+    caught what json.dumps raised before this class existed."""
+
+
 def _json_default(value: object) -> str:
-    # yaml.safe_load turns `2024-01-01` into a date: hash it as the text helm would see.
+    # Dates from an earlier values reader: hash them as the text helm would have seen.
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
-    raise TypeError(f"values cannot hold a {type(value).__name__!r}")
+    raise TypeError(type(value).__name__)  # unreachable: _check_json found it first
+
+
+def _path_text(path: tuple[Any, ...] | None) -> str:
+    parts: list[PathPart] = []
+    while path is not None:
+        path, part = path
+        parts.append(part)
+    return format_path(parts[::-1]) or "(top level)"
+
+
+def _check_json(values: Any) -> None:
+    """Raise InvalidValuesError for what JSON cannot hold; iterative, so depth is no problem."""
+    # (node, path as a linked list of parts, on the way out), with the containers being visited
+    pending: list[tuple[Any, tuple[Any, ...] | None, bool]] = [(values, None, False)]
+    visiting: set[int] = set()
+    while pending:
+        node, path, leaving = pending.pop()
+        if leaving:
+            visiting.discard(id(node))
+            continue
+        if isinstance(node, dict | list | tuple):
+            if id(node) in visiting:
+                raise InvalidValuesError(f"values at '{_path_text(path)}' contain themselves")
+            visiting.add(id(node))
+            pending.append((node, path, True))
+            if isinstance(node, dict):
+                for key, child in node.items():
+                    if not isinstance(key, str):
+                        raise InvalidValuesError(
+                            f"values at '{_path_text(path)}' have a key of type "
+                            f"{type(key).__name__!r}; keys must be strings"
+                        )
+                    pending.append((child, (path, key), False))
+            else:
+                pending.extend((child, (path, i), False) for i, child in enumerate(node))
+        elif isinstance(node, float) and not math.isfinite(node):
+            raise InvalidValuesError(
+                f"values at '{_path_text(path)}' hold a non-finite number (NaN or infinity), "
+                "which JSON cannot hold"
+            )
+        elif node is not None and not isinstance(
+            node, str | int | float | datetime.date | datetime.time
+        ):
+            raise InvalidValuesError(
+                f"values at '{_path_text(path)}' hold a {type(node).__name__!r}, which JSON "
+                "cannot hold (only maps, lists, strings, numbers, booleans and null)"
+            )
 
 
 def values_digest(chart: ChartReference, values: Mapping[str, Any]) -> str:
-    """`sha256:<hex>` of the canonical JSON of chart (repository url, name, version) and values."""
+    """`sha256:<hex>` of the canonical JSON of chart (repository url, name, version) and values.
+
+    Raises InvalidValuesError (a ValueError), and nothing else, for values JSON cannot hold."""
+    _check_json(values)
     payload = {
         "repository": chart.repository.url,
         "chart": chart.name,
         "version": chart.version,
         "values": values,
     }
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=_json_default)
+    try:
+        canonical = json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), default=_json_default
+        )
+    except RecursionError:
+        raise InvalidValuesError("values are nested too deeply to serialise as JSON") from None
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
