@@ -40,6 +40,15 @@ def _reusable_port(port_file: Path) -> int:
         return free_port()
 
 
+TENANT_BINDING = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: helmfile-deployer, namespace: NAMESPACE}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: admin}
+subjects: [{kind: ServiceAccount, name: default, namespace: NAMESPACE}]
+"""
+
+
 def step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
@@ -115,6 +124,9 @@ def main() -> int:
     kubectl = str(bins / "kubectl")
     subprocess.run([kubectl, "create", "namespace", NAMESPACE], env=env, text=True,
                    stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=False)  # fmt: skip
+    # The state names no serviceAccountName: helm runs as the namespace's `default` ServiceAccount,
+    # which a tenant grants what its releases need (here: `admin` of its own namespace).
+    run(kubectl, "apply", "-f", "-", input=TENANT_BINDING.replace("NAMESPACE", NAMESPACE))
     run(kubectl, "apply", "-f", "-", input=manifest)
 
     step("waiting until the state is Ready")

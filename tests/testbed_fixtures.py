@@ -179,6 +179,9 @@ class OperatorProcess:
             # Short retry delays keep failure tests quick; production defaults are longer.
             "HELMFILE_OPERATOR_RETRY_BASE_SECONDS": "1",
             "HELMFILE_OPERATOR_RETRY_MAX_SECONDS": "10",
+            # The shared operator runs single-tenant (its own, admin identity) unless a test asks
+            # for the tenant model (the default ServiceAccount of each namespace).
+            "HELMFILE_OPERATOR_DEFAULT_SERVICE_ACCOUNT": "",
             **self.env_overrides,
         }
         with self.log_path.open("ab") as log:

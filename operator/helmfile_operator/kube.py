@@ -7,6 +7,7 @@ models, and skipping the client's model classes is both simpler and much cheaper
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -31,11 +32,50 @@ class FinalizerConflict(Exception):
     """The object's finalizers changed since it was read: read it again and retry."""
 
 
+class AccessDenied(Exception):
+    """A read made as a tenant's identity was refused: the message names who, what and the fix."""
+
+
+# Identities with a cached client: one per tenant ServiceAccount in use, least recent out.
+MAX_IDENTITIES = 256
+
+
 class Kube:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, identity: str | None = None) -> None:
         self.api_client = api_client
+        self.identity = identity  # the user this client impersonates (None: the operator)
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self._as: collections.OrderedDict[str, Kube] = collections.OrderedDict()
+
+    def impersonating(self, identity: str | None) -> Kube:
+        """The same API, as `identity` (e.g. `system:serviceaccount:ns:name`): its RBAC, not the
+        operator's, decides what it may read. None: the operator's own identity."""
+        if identity is None:
+            return self
+        kube = self._as.get(identity)
+        if kube is None:
+            api_client = client.ApiClient(self.api_client.configuration)
+            api_client.set_default_header("Impersonate-User", identity)  # type: ignore[no-untyped-call]
+            kube = self._as[identity] = Kube(api_client, identity)
+            while len(self._as) > MAX_IDENTITIES:
+                self._as.popitem(last=False)
+        self._as.move_to_end(identity)
+        return kube
+
+    def _denied(self, error: ApiException, verb: str, resource: str, namespace: str) -> Exception:
+        if error.status != 403 or self.identity is None:
+            return error
+        if "cannot impersonate" in str(error.body or ""):
+            return AccessDenied(
+                f"forbidden: the operator may not impersonate {self.identity}; grant its "
+                "ServiceAccount `impersonate` on serviceaccounts"
+            )
+        account = self.identity.removeprefix("system:serviceaccount:").replace(":", "/", 1)
+        return AccessDenied(
+            f"forbidden: {self.identity} may not {verb} {resource} in namespace {namespace}; "
+            f"grant ServiceAccount {account} `{verb}` on {resource} there (Role and RoleBinding)"
+        )
 
     @classmethod
     def from_environment(cls) -> Kube:
@@ -165,21 +205,32 @@ class Kube:
     # --- core objects ---
 
     async def get_secret(self, namespace: str, name: str) -> Body | None:
-        result: Body | None = await self._maybe(self.core.read_namespaced_secret, name, namespace)
+        try:
+            result: Body | None = await self._maybe(
+                self.core.read_namespaced_secret, name, namespace
+            )
+        except ApiException as error:
+            raise self._denied(error, "get", "secrets", namespace) from None
         return result
 
     async def get_config_map(self, namespace: str, name: str) -> Body | None:
-        result: Body | None = await self._maybe(
-            self.core.read_namespaced_config_map, name, namespace
-        )
+        try:
+            result: Body | None = await self._maybe(
+                self.core.read_namespaced_config_map, name, namespace
+            )
+        except ApiException as error:
+            raise self._denied(error, "get", "configmaps", namespace) from None
         return result
 
     async def helm_storage(self, namespace: str, release: str) -> list[Body]:
         """Helm's release Secrets (one per revision) of a release."""
-        result = await self._call(
-            self.core.list_namespaced_secret,
-            namespace,
-            label_selector=f"owner=helm,name={release}",
-        )
+        try:
+            result = await self._call(
+                self.core.list_namespaced_secret,
+                namespace,
+                label_selector=f"owner=helm,name={release}",
+            )
+        except ApiException as error:
+            raise self._denied(error, "list", "secrets", namespace) from None
         items: list[Body] = result["items"]
         return items

@@ -15,6 +15,12 @@ class Settings(BaseSettings):
     max_concurrent_helm: int = Field(
         default=8, ge=1, description="Helm processes running at once, operator-wide."
     )
+    default_service_account: str = Field(
+        default="default",
+        description="ServiceAccount (of the object's own namespace) that helm, drift checks and "
+        "reads of tenant data impersonate when a state or release names none. Empty: the "
+        "operator's own identity — single-tenant clusters only.",
+    )
     max_concurrent_reconciles: int = Field(
         default=32, ge=1, description="Objects reconciled at once (most of them wait on helm)."
     )

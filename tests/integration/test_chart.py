@@ -29,10 +29,7 @@ FAKE_IMAGE = ["--set=image.repository=registry.invalid/helmfile-operator", "--se
 VARIANTS = {
     "defaults": [],
     "monitoring": MONITORING,
-    "watch-namespaces": [
-        "--set=watchNamespaces={team-a,team-b}",
-        "--set=rbac.targetNamespaces={team-a,apps}",
-    ],
+    "watch-namespaces": ["--set=watchNamespaces={team-a,team-b}"],
     "helm-admin-json-logs": ["--set=rbac.helmAdmin=true", "--set=logFormat=json"],
     "hardened": ["--set=tmp.medium=Memory", "--set=rbac.tenantServiceAccountNames={deployer}"],
 }
@@ -79,9 +76,7 @@ OPERATOR_RULES = {
     },
     ("", "events", "create"),
     ("", "events", "patch"),
-    ("", "configmaps", "get"),
-    ("", "secrets", "get"),
-    ("", "secrets", "list"),
+    # No ConfigMaps, no Secrets: tenant data is read as the tenant.
     ("", "serviceaccounts", "impersonate"),
 }
 CRD_RULES = {
@@ -170,12 +165,8 @@ def test_namespaced_rendering(cluster: Cluster) -> None:
     assert set(roles) == {
         ("team-a", "hfo-helmfile-operator"),
         ("team-b", "hfo-helmfile-operator"),
-        ("apps", "hfo-helmfile-operator-storage"),  # team-a is watched already
     }
     assert rules_of(roles["team-a", "hfo-helmfile-operator"]) == OPERATOR_RULES
-    assert rules_of(roles["apps", "hfo-helmfile-operator-storage"]) == {
-        ("", "secrets", "get"), ("", "secrets", "list"),
-    }  # fmt: skip
     bindings = {
         (b["metadata"]["namespace"], b["roleRef"]["name"]) for b in find(objects, "RoleBinding")
     }
@@ -192,6 +183,19 @@ def test_helm_admin_binds_cluster_admin_only_when_asked(cluster: Cluster) -> Non
     bindings = find(render(cluster, "--set=rbac.helmAdmin=true"), "ClusterRoleBinding")
     admin = [b for b in bindings if b["roleRef"]["name"] == "cluster-admin"]
     assert len(admin) == 1 and admin[0]["subjects"][0]["kind"] == "ServiceAccount"
+
+
+def _default_account(objects: list[dict[str, Any]]) -> str:
+    (container,) = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    return str(env["HELMFILE_OPERATOR_DEFAULT_SERVICE_ACCOUNT"])
+
+
+def test_states_without_a_service_account_run_as_the_default_one(cluster: Cluster) -> None:
+    assert _default_account(render(cluster)) == "default"
+    assert _default_account(render(cluster, "--set=defaultServiceAccount=deployer")) == "deployer"
+    # helmAdmin is the explicit single-tenant opt-in: the operator's own identity.
+    assert _default_account(render(cluster, "--set=rbac.helmAdmin=true")) == ""
 
 
 def test_image_tag_defaults_to_app_version_and_digest_wins(cluster: Cluster) -> None:

@@ -86,6 +86,7 @@ class FakeKube:
         self.config_maps: dict[tuple[str, str], Body] = {}
         self.writes: list[Write] = []
         self.events: list[Body] = []
+        self.identities: list[str | None] = []
         self._applied_keys: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
         self._uids = itertools.count(1)
         self._clock = itertools.count(1)
@@ -142,6 +143,11 @@ class FakeKube:
         return [w for w in self.writes if w.verb == verb]
 
     # --- the Kube interface ---
+
+    def impersonating(self, identity: str | None) -> FakeKube:
+        """Shares the data; records who read (tests assert tenant reads are made as the tenant)."""
+        self.identities.append(identity)
+        return self
 
     async def get(self, plural: str, namespace: str, name: str) -> Body | None:
         await asyncio.sleep(0)

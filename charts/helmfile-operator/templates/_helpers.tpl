@@ -66,16 +66,9 @@ What the operator does in a namespace it watches (docs/security.md has the why o
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
-# valuesFrom and environment valuesFrom (ConfigMaps).
-- apiGroups: [""]
-  resources: [configmaps]
-  verbs: [get]
-# valuesFrom, repository credentials and CA Secrets (get); Helm's storage, read by label to find
-# out whether a release is in sync without running helm (list).
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get, list]
-# helm (and the drift check) run as the state's serviceAccountName: `--kube-as-user`.
+# No ConfigMaps or Secrets: valuesFrom, repository credentials and Helm's storage are read
+# impersonating the state's ServiceAccount (or defaultServiceAccount), whose RBAC decides.
+# helm, the drift check and those reads run as that ServiceAccount: `--kube-as-user`.
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [impersonate]
@@ -86,11 +79,6 @@ What the operator does in a namespace it watches (docs/security.md has the why o
 {{- end }}
 
 {{/* Helm's storage in namespaces releases are installed into (read with the operator's identity). */}}
-{{- define "helmfile-operator.storageRules" -}}
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get, list]
-{{- end }}
 
 {{/* Cluster-scoped reads of kopf: CRD changes (re-discovery) and, when watching namespaces, which exist. */}}
 {{- define "helmfile-operator.clusterRules" -}}

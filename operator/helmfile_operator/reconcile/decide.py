@@ -23,6 +23,7 @@ class Action(StrEnum):
     REJECT_SELF_NEED = "reject self-need"  # Stalled: spec.needs names the release itself
     REJECT_OWNED = "reject owned by another"  # Stalled: another object drives this Helm release
     WAIT_FOR_NEEDS = "wait for needs"  # woken by the watch when a need turns Ready
+    REPORT_FORBIDDEN = "report forbidden"  # the tenant's identity may not read Helm's storage
     UNINSTALL = "uninstall"  # installed: false, and a release is in storage
     MARK_UNINSTALLED = "mark uninstalled"  # installed: false, nothing in storage
     WAIT_FOR_LOCK = "wait for lock"  # pending-* that may belong to a live helm elsewhere
@@ -69,6 +70,7 @@ class Observation:
     self_needed: bool = False
     owner: str | None = None  # the object that drives this Helm release, when not us
     unready_needs: tuple[str, ...] = ()
+    access_error: str | None = None  # reading Helm's storage as the tenant was refused
     install_wanted: bool = True
     in_storage: bool = False
     head_deployed: bool = False
@@ -96,6 +98,8 @@ def decide(obs: Observation) -> Decision:
         return Decision(Action.REJECT_OWNED)
     if obs.unready_needs:
         return Decision(Action.WAIT_FOR_NEEDS)
+    if obs.access_error is not None:
+        return Decision(Action.REPORT_FORBIDDEN)
     if not obs.install_wanted:
         return Decision(Action.UNINSTALL if obs.in_storage else Action.MARK_UNINSTALLED)
     if obs.lock is not None:

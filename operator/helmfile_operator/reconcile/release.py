@@ -17,7 +17,7 @@ from helmfile_operator.api.models import (
     describe_validation_error,
 )
 from helmfile_operator.helm import HelmError, latest_from_secrets
-from helmfile_operator.kube import RELEASES, FinalizerConflict
+from helmfile_operator.kube import RELEASES, AccessDenied, FinalizerConflict
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.apply import record_success
 from helmfile_operator.reconcile.actions.detect_drift import detect_drift, drift_mode
@@ -33,7 +33,7 @@ from helmfile_operator.reconcile.context import (
     Reconciler,
 )
 from helmfile_operator.reconcile.decide import Action, Attempt, Decision, Lock, Observation, decide
-from helmfile_operator.reconcile.failures import record_failure, retry_later
+from helmfile_operator.reconcile.failures import record_failure, retry_later, stall
 from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
 from helmfile_operator.reconcile.values import ValuesSourceError, final_values
 from helmfile_operator.render.values import values_digest
@@ -105,7 +105,11 @@ async def observe(ctx: ReleaseContext) -> Observation:
     if base.suspended or base.self_needed or base.owner or base.unready_needs:
         return base
 
-    ctx.storage = await ctx.read_storage()
+    try:
+        ctx.storage = await ctx.read_storage()
+    except AccessDenied as error:
+        ctx.access_error = str(error)
+        return Observation(**{**base.__dict__, "access_error": ctx.access_error})
     storage = ctx.storage
     lock = None
     if storage is not None and storage.locked:
@@ -151,7 +155,7 @@ async def observe(ctx: ReleaseContext) -> Observation:
 async def _resolve_values(ctx: ReleaseContext) -> None:
     """Final values and their digest into the context, or the error that names the field."""
     try:
-        resolved = await final_values(ctx.reconciler.kube, ctx.key.namespace, ctx.spec)
+        resolved = await final_values(ctx.tenant_kube, ctx.key.namespace, ctx.spec)
         ctx.values, ctx.secret_strings = resolved.values, resolved.secret_strings
         ctx.digest = values_digest(ctx.spec.chart, ctx.values)
     except (ValuesSourceError, ValueError) as error:  # ValueError: the values loader's bounds
@@ -283,6 +287,11 @@ async def _mark_uninstalled(ctx: ReleaseContext, decision: Decision) -> None:
     ctx.ready("Uninstalled", "not installed (installed: false)")
 
 
+async def _report_forbidden(ctx: ReleaseContext, decision: Decision) -> None:
+    # Permissions come back by someone's hand: Stalled, re-evaluated every interval.
+    stall(ctx, "Forbidden", f"reading Helm's storage: {ctx.access_error}", "not retryable")
+
+
 async def _wait_for_lock(ctx: ReleaseContext, decision: Decision) -> None:
     assert ctx.storage is not None
     ctx.reconciling(
@@ -337,6 +346,7 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.REJECT_SELF_NEED: _reject_self_need,
     Action.REJECT_OWNED: _reject_owned,
     Action.WAIT_FOR_NEEDS: _wait_for_needs,
+    Action.REPORT_FORBIDDEN: _report_forbidden,
     Action.UNINSTALL: _uninstall_wanted,
     Action.MARK_UNINSTALLED: _mark_uninstalled,
     Action.WAIT_FOR_LOCK: _wait_for_lock,
@@ -370,9 +380,7 @@ async def _adopt_unrecorded_success(ctx: ReleaseContext) -> bool:
         or storage.revision <= (progress.revision_before or 0)
     ):
         return False
-    secrets = await ctx.reconciler.kube.helm_storage(
-        ctx.spec.target_namespace, ctx.spec.release_name
-    )
+    secrets = await ctx.tenant_kube.helm_storage(ctx.spec.target_namespace, ctx.spec.release_name)
     stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
     if stored is None:
         return False

@@ -15,7 +15,7 @@ from helmfile_operator.api.models import (
     HelmOptions,
     duration_seconds,
 )
-from helmfile_operator.kube import RELEASES
+from helmfile_operator.kube import RELEASES, Kube
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import ObjectKey, Reconciler
 
@@ -94,6 +94,7 @@ class ReleaseContext:
     secret_strings: list[str] = field(default_factory=list)  # scrubbed from helm's errors
     digest: str | None = None
     values_error: str | None = None  # why the final values could not be resolved
+    access_error: str | None = None  # why Helm's storage could not be read as the tenant
     requeue_after: float | None = None
     written: dict[str, Any] = field(default_factory=dict)  # the status as last read or written
 
@@ -107,7 +108,12 @@ class ReleaseContext:
 
     @property
     def options(self) -> HelmOptions:
-        return self.spec.helm_options()
+        options = self.spec.helm_options()
+        if self.spec.target_namespace == self.key.namespace and options.create_namespace:
+            # The object's own namespace exists; asking helm to create it would need a
+            # cluster-wide permission a tenant does not have.
+            options = options.model_copy(update={"create_namespace": False})
+        return options
 
     @property
     def timeout_seconds(self) -> float:
@@ -121,9 +127,19 @@ class ReleaseContext:
 
     @property
     def impersonate(self) -> str | None:
-        """helm runs as the ServiceAccount named in the spec (in the release object's namespace)."""
-        account = self.spec.service_account_name
-        return f"system:serviceaccount:{self.key.namespace}:{account}" if account else None
+        """Who helm, drift checks and every read of tenant data run as: the spec's
+        ServiceAccount, else the operator-wide default one, of the object's namespace. None (the
+        operator's own identity) only when the installer emptied the default (single-tenant)."""
+        return tenant_identity(
+            self.key.namespace,
+            self.spec.service_account_name,
+            self.reconciler.settings.default_service_account,
+        )
+
+    @property
+    def tenant_kube(self) -> Kube:
+        """The API as the tenant: reads of valuesFrom, repository Secrets and Helm's storage."""
+        return self.reconciler.kube.impersonating(self.impersonate)
 
     # --- conditions ---------------------------------------------------------------------------
 
@@ -184,7 +200,7 @@ class ReleaseContext:
         )
 
     async def read_storage(self) -> Storage | None:
-        secrets = await self.reconciler.kube.helm_storage(
+        secrets = await self.tenant_kube.helm_storage(
             self.spec.target_namespace, self.spec.release_name
         )
         return Storage.from_secrets(secrets, self.spec.release_name)
@@ -211,6 +227,11 @@ class ReleaseContext:
             RELEASES, self.key.namespace, self.key.name, {**cleared, **after}
         )
         self.written = after
+
+
+def tenant_identity(namespace: str, account: str | None, default: str) -> str | None:
+    name = account or default
+    return f"system:serviceaccount:{namespace}:{name}" if name else None
 
 
 def parse_time(value: str) -> datetime.datetime:

@@ -31,6 +31,7 @@ from helmfile_operator.reconcile.context import (
     ObjectKey,
     Reconciler,
 )
+from helmfile_operator.reconcile.release_context import tenant_identity
 from helmfile_operator.reconcile.values import ValuesSourceError, resolve_values_from
 from helmfile_operator.render.errors import RenderError
 from helmfile_operator.render.state import RenderedState, StateMeta, render_state
@@ -85,7 +86,14 @@ async def _render(
         environment = spec.environments.get(spec.environment)
         from_config_maps = (
             await resolve_values_from(
-                reconciler.kube,
+                # Read as the state's identity: its RBAC decides what it may feed into charts.
+                reconciler.kube.impersonating(
+                    tenant_identity(
+                        key.namespace,
+                        spec.service_account_name,
+                        reconciler.settings.default_service_account,
+                    )
+                ),
                 key.namespace,
                 environment.values_from,
                 f"spec.environments.{spec.environment}.valuesFrom",

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from helmfile_operator import goyaml
 from helmfile_operator.api.models import ChartRepository, HelmfileReleaseSpec, ValuesReference
 from helmfile_operator.helm import RepositoryCredentials
-from helmfile_operator.kube import Kube
+from helmfile_operator.kube import AccessDenied, Kube
 from helmfile_operator.render.values import apply_set, deep_merge
 
 
@@ -33,6 +33,8 @@ async def read_reference(
     where = f"{field}: {reference.kind} {namespace}/{reference.name}"
     try:
         obj = await getter(namespace, reference.name)
+    except AccessDenied as error:
+        raise ValuesSourceError(f"{where}: {error}") from None
     except ApiException as error:
         if error.status == 403:
             raise ValuesSourceError(
@@ -131,6 +133,8 @@ async def _secret_data(
     where = f"spec.chart.repository.{field_name}: Secret {namespace}/{name}"
     try:
         secret = await kube.get_secret(namespace, name)
+    except AccessDenied as error:
+        raise ValuesSourceError(f"{where}: {error}") from None
     except ApiException as error:
         if error.status == 403:
             raise ValuesSourceError(f"{where}: forbidden for the operator") from None

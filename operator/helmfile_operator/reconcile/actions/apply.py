@@ -52,7 +52,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
     assert ctx.digest is not None
     try:
         credentials, ca_pem = await repository_access(
-            ctx.reconciler.kube, ctx.key.namespace, ctx.spec.chart.repository
+            ctx.tenant_kube, ctx.key.namespace, ctx.spec.chart.repository
         )
     except ValuesSourceError as error:
         ctx.not_ready("RepositoryAccessUnavailable", str(error))
@@ -169,7 +169,7 @@ async def _record_inventory(ctx: ReleaseContext) -> None:
     not read for it: it also carries the values). Best effort: helm's result is already
     recorded, so a manifest that cannot be read costs the inventory, never another helm run."""
     try:
-        secrets = await ctx.reconciler.kube.helm_storage(
+        secrets = await ctx.tenant_kube.helm_storage(
             ctx.spec.target_namespace, ctx.spec.release_name
         )
         stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from helmfile_operator.api.models import DriftMode, DriftStatus
 from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secrets
+from helmfile_operator.kube import AccessDenied
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.drift import DriftCheckError, DriftReport
 from helmfile_operator.reconcile.release_context import ReleaseContext
@@ -21,7 +22,7 @@ async def _manifest(ctx: ReleaseContext) -> str | None:
     cached = ctx.reconciler.manifests.get(key, ctx.storage.revision)
     if cached is not None:
         return cached
-    secrets = await ctx.reconciler.kube.helm_storage(*key)
+    secrets = await ctx.tenant_kube.helm_storage(*key)
     try:
         stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
     except StorageDecodeError:
@@ -50,7 +51,11 @@ async def detect_drift(ctx: ReleaseContext) -> None:
             status.drift = None
             ctx.remove_condition(conditions.DRIFTED)
         return
-    manifest = await _manifest(ctx)
+    try:
+        manifest = await _manifest(ctx)
+    except AccessDenied as error:
+        ctx.set_condition(conditions.DRIFTED, "Unknown", "DriftCheckFailed", str(error))
+        return
     if manifest is None:
         return
     ignore = ctx.spec.drift_detection.ignore if ctx.spec.drift_detection else []
