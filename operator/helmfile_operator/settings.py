@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     max_concurrent_reconciles: int = Field(
         default=32, ge=1, description="Objects reconciled at once (most of them wait on helm)."
     )
+    max_reconciles_per_namespace: int | None = Field(
+        default=None,
+        ge=1,
+        description="Objects of one namespace reconciled at once (default: a quarter of "
+        "max_concurrent_reconciles), so one tenant's slow releases leave workers to the others.",
+    )
     namespaces: list[str] = Field(
         default_factory=list, description="Namespaces to watch; empty means all namespaces."
     )

@@ -186,3 +186,32 @@ async def test_worker_processes_every_key_once_per_add() -> None:
         await workers
     assert dict(seen) == {"a": 1, "b": 1, "c": 1}
     assert queue.in_flight == 0
+
+
+async def test_one_group_cannot_take_every_worker() -> None:
+    """Tenant a's slow keys hold at most two of four workers; tenant b's key runs meanwhile."""
+    queue: WorkQueue[str] = WorkQueue(group=lambda key: key[0], max_per_group=2)
+    release = asyncio.Event()
+    running: list[str] = []
+    b_done = asyncio.Event()
+
+    async def process(key: str) -> None:
+        running.append(key)
+        if key.startswith("a"):
+            await release.wait()
+        else:
+            b_done.set()
+
+    for key in ["a1", "a2", "a3", "a4", "a5", "b1"]:
+        queue.add(key)
+    workers = asyncio.create_task(queue.run_workers(4, process))
+    await asyncio.wait_for(b_done.wait(), 1)
+    assert sorted(k for k in running if k.startswith("a")) == ["a1", "a2"]  # capped at two
+    release.set()
+    async with asyncio.timeout(1):
+        while len(running) < 6:  # noqa: ASYNC110 - the parked keys follow
+            await asyncio.sleep(0.01)
+    workers.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await workers
+    assert sorted(running) == ["a1", "a2", "a3", "a4", "a5", "b1"]

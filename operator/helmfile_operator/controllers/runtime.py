@@ -109,6 +109,9 @@ class Controller:
         self.queue: WorkQueue[ObjectKey] = WorkQueue(
             retry_base_seconds=settings.retry_base_seconds,
             retry_max_seconds=settings.retry_max_seconds,
+            group=lambda key: key.namespace,
+            max_per_group=settings.max_reconciles_per_namespace
+            or max(1, settings.max_concurrent_reconciles // 4),
         )
         self.events = EventRecorder(kube.create_event)
         self.reconciler = Reconciler(

@@ -6,6 +6,7 @@ with a capped, jittered exponential backoff until `forget` resets it."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 from collections.abc import Awaitable, Callable, Hashable
@@ -33,8 +34,16 @@ def backoff_delay(
 
 class WorkQueue(Generic[Key]):
     def __init__(
-        self, *, retry_base_seconds: float = 5.0, retry_max_seconds: float = 300.0
+        self,
+        *,
+        retry_base_seconds: float = 5.0,
+        retry_max_seconds: float = 300.0,
+        group: Callable[[Key], Hashable] | None = None,
+        max_per_group: int | None = None,
     ) -> None:
+        """`group`/`max_per_group`: at most that many keys of one group (a namespace: a tenant)
+        are processed at once, so one tenant's slow objects cannot hold every worker."""
+
         self._queue: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._processing: set[Key] = set()
@@ -42,6 +51,10 @@ class WorkQueue(Generic[Key]):
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
         self._workers: list[asyncio.Task[None]] = []
+        self._group = group
+        self._max_per_group = max_per_group
+        self._active: dict[Hashable, int] = {}  # keys being processed, per group
+        self._parked: dict[Hashable, collections.deque[Key]] = {}  # queued behind their group's cap
         self.retry_base_seconds = retry_base_seconds
         self.retry_max_seconds = retry_max_seconds
 
@@ -103,13 +116,37 @@ class WorkQueue(Generic[Key]):
         self.add(key)
 
     async def get(self) -> Key:
-        key = await self._queue.get()
+        while True:
+            key = await self._queue.get()
+            group = self._group(key) if self._group is not None else None
+            if (
+                group is not None
+                and self._max_per_group is not None
+                and self._active.get(group, 0) >= self._max_per_group
+            ):
+                self._parked.setdefault(group, collections.deque()).append(key)
+                continue  # stays queued (adds coalesce); released when its group has room
+            break
         self._queued.discard(key)
         self._processing.add(key)
+        if group is not None:
+            self._active[group] = self._active.get(group, 0) + 1
         return key
 
     def done(self, key: Key) -> None:
         self._processing.discard(key)
+        if self._group is not None:
+            group = self._group(key)
+            active = self._active.get(group, 1) - 1
+            if active > 0:
+                self._active[group] = active
+            else:
+                self._active.pop(group, None)
+            parked = self._parked.get(group)
+            if parked:
+                self._queue.put_nowait(parked.popleft())
+                if not parked:
+                    del self._parked[group]
         if key in self._dirty:
             self._dirty.discard(key)
             self.add(key)
