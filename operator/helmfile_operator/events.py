@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from helmfile_operator.logs import object_fields
+
 logger = logging.getLogger("helmfile_operator.events")
 
 COMPONENT = "helmfile-operator"
@@ -70,7 +72,13 @@ class EventRecorder:
         metadata = involved.get("metadata") or {}
         where = f"{involved.get('kind')}/{metadata.get('namespace')}/{metadata.get('name')}"
         (logger.warning if type_ == "Warning" else logger.info)(
-            "%s: %s: %s", where, reason, message
+            "%s: %s: %s",
+            where,
+            reason,
+            message,
+            extra=object_fields(
+                involved.get("kind"), metadata.get("namespace"), metadata.get("name"), reason=reason
+            ),
         )
         if self._queue is None:
             return  # not started (unit tests, one-shot commands): the log line is all

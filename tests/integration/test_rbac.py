@@ -364,3 +364,79 @@ def test_operator_works_with_the_chart_rbac_alone(
         # Gone before the shared operator is back, so that it never sees these objects.
         remove_namespace(cluster, ns)
         operator.start()
+
+
+def test_a_state_without_service_account_runs_as_the_namespace_default(
+    cluster: Cluster,
+    chart_repo: ChartRepo,
+    operator: OperatorProcess,
+    setup: Setup,
+    tmp_path: Path,
+) -> None:
+    """No `serviceAccountName`: helm runs as the namespace's `default` ServiceAccount, with the
+    chart's RBAC for the operator. A chart that `lookup`s another namespace's Secret finds
+    nothing it may not read, and the Secret's value appears nowhere."""
+    ns = setup.namespace
+    victim = f"hfo-victim-{uuid.uuid4().hex[:6]}"
+    token = f"stolen-{uuid.uuid4().hex}"
+    setup.manifests = render_rbac(cluster, setup, False) + harness_rbac(setup)
+    apply_objects(cluster, setup.manifests)
+    kubeconfig = token_kubeconfig(cluster, setup, tmp_path / "kubeconfig")
+    cluster.run("kubectl", "create", "namespace", victim)
+    cluster.run(
+        "kubectl", "create", "secret", "generic", "victim", "-n", victim,
+        f"--from-literal=token={token}",
+    )  # fmt: skip
+    # The tenant grants its default ServiceAccount `admin` of its own namespace only.
+    cluster.run(
+        "kubectl", "create", "rolebinding", "default-admin", "-n", ns,
+        "--clusterrole=admin", f"--serviceaccount={ns}:default",
+    )  # fmt: skip
+    restricted = restricted_operator(cluster, kubeconfig, ns, tmp_path)
+    restricted.env_overrides["HELMFILE_OPERATOR_DEFAULT_SERVICE_ACCOUNT"] = "default"
+    state = demo_state(setup, chart_repo.url, "one")
+    del state["spec"]["serviceAccountName"]
+    state["spec"]["releases"].append(
+        {
+            "name": "nosy",
+            "chart": "test/lookup-secret",
+            "version": "0.1.0",
+            "values": [{"lookupNamespace": victim, "lookupName": "victim"}],
+        }
+    )
+    operator.stop()
+    try:
+        restricted.start()
+        apply(cluster, state)
+        wait_until(
+            lambda: (condition(release_object(cluster, ns), "Ready") or {}).get("status") == "True",
+            timeout=180,
+            message="the release to install as the default ServiceAccount",
+        )
+        history = cluster.run("helm", "history", "app", "-n", ns, "-o", "json").stdout
+        assert json.loads(history)[0]["status"] == "deployed"
+
+        def nosy() -> dict[str, Any] | None:
+            got = cluster.run(
+                "kubectl", "get", "hfr", f"{STATE}-nosy", "-n", ns, "-o", "json", check=False
+            )
+            if got.returncode != 0:
+                return None
+            ready = condition(json.loads(got.stdout), "Ready")
+            return ready if ready and ready["status"] != "Unknown" else None
+
+        ready = wait_until(nosy, timeout=120, message="the nosy release to finish")
+        if ready["status"] == "True":  # the lookup found nothing and rendered "found: no"
+            found = cluster.kubectl_json("get", "configmap", "nosy-lookup", "-n", ns)
+            assert found["data"]["found"] == "no"
+        else:
+            assert "forbidden" in ready["message"].lower()
+        objects = cluster.kubectl_json("get", "hfs,hfr", "-n", ns)
+        events = cluster.kubectl_json("get", "events", "-n", ns)
+        visible = json.dumps(objects) + json.dumps(events) + restricted.log()
+        assert token not in visible
+    finally:
+        restricted.stop()
+        remove_namespace(cluster, ns)
+        cluster.run("kubectl", "delete", "namespace", victim, "--wait=false", check=False)
+        operator.start()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 
-from helmfile_operator.logs import JsonFormatter, configure_logging
+from helmfile_operator.logs import JsonFormatter, configure_logging, object_fields
 from helmfile_operator.metrics import Metrics
 
 
@@ -23,6 +24,26 @@ def test_json_log_lines_are_json_objects() -> None:
     assert line["level"] == "warning"
     assert line["logger"] == "helmfile_operator"
     assert line["message"] == "HelmfileRelease/ns/x: boom"
+    # RFC 3339 with its zone, not a local time of unknown offset.
+    assert datetime.datetime.fromisoformat(line["time"]).utcoffset() == datetime.timedelta(0)
+
+
+def test_json_lines_carry_the_object_and_the_reason_as_fields() -> None:
+    record = logging.LogRecord(
+        "helmfile_operator", logging.WARNING, __file__, 1, "HelmfileRelease/ns/x: failed", (), None
+    )
+    record.__dict__.update(
+        object_fields("HelmfileRelease", "ns", "x", action="upgrade", reason="UpgradeFailed")
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert {k: line[k] for k in ("kind", "namespace", "name", "action", "reason")} == {
+        "kind": "HelmfileRelease",
+        "namespace": "ns",
+        "name": "x",
+        "action": "upgrade",
+        "reason": "UpgradeFailed",
+    }
+    assert line["logger"] == "helmfile_operator"
 
 
 def test_configure_logging_quietens_client_debug_output() -> None:

@@ -24,6 +24,7 @@ from helmfile_operator.api.models import Condition
 from helmfile_operator.events import EventRecorder
 from helmfile_operator.helm import HelmClient
 from helmfile_operator.kube import RELEASES, STATES, FinalizerConflict, Kube
+from helmfile_operator.logs import object_fields
 from helmfile_operator.metrics import Metrics
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.conditions import body_is_ready
@@ -282,6 +283,7 @@ class Controller:
                 key,
                 self.queue.num_requeues(key),
                 delay,
+                extra=object_fields(key.kind, key.namespace, key.name, reason="ReconcileError"),
             )
             await self._report_error(key, error, delay)
         else:

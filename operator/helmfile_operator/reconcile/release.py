@@ -18,6 +18,7 @@ from helmfile_operator.api.models import (
 )
 from helmfile_operator.helm import HelmError, latest_from_secrets
 from helmfile_operator.kube import RELEASES, AccessDenied, FinalizerConflict
+from helmfile_operator.logs import object_fields
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.apply import record_success
 from helmfile_operator.reconcile.actions.detect_drift import detect_drift, drift_mode
@@ -61,7 +62,12 @@ async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
         _handle_reconcile_request(ctx)
     observation = await observe(ctx)
     decision = decide(observation)
-    logger.debug("%s: %s", key, decision.action)
+    logger.debug(
+        "%s: %s",
+        key,
+        decision.action,
+        extra=object_fields(key.kind, key.namespace, key.name, action=decision.action),
+    )
     await ACTIONS[decision.action](ctx, decision)
     if decision.after is not None:
         ctx.requeue(decision.after)
