@@ -1,7 +1,9 @@
-"""Kubernetes API access used by the reconcilers (the official client, run in worker threads).
+"""Kubernetes API access used by the reconcilers: raw JSON over the official client's
+`ApiClient` (its TLS, auth and token refresh), run in worker threads.
 
-Raw JSON in and out (`_preload_content=False`): the reconcilers parse objects through the pydantic
-models, and skipping the client's model classes is both simpler and much cheaper.
+No generated API classes: `client.CoreV1Api` and friends pull in the client's model modules,
+~90 MiB of memory for nothing — the reconcilers parse objects through the pydantic models.
+Requests are built from paths here, so one method is one readable URL.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+import urllib.parse
+from typing import Any
 
-from kubernetes import client, config
+from kubernetes import config
+from kubernetes.client.api_client import ApiClient
+from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 
 from helmfile_operator.api.models import GROUP, VERSION
@@ -23,9 +27,11 @@ FIELD_MANAGER = "helmfile-operator"
 REQUEST_TIMEOUT = (10.0, 60.0)
 STATES = "helmfilestates"
 RELEASES = "helmfilereleases"
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
 
 Body = dict[str, Any]
-T = TypeVar("T")
 
 
 class FinalizerConflict(Exception):
@@ -41,11 +47,9 @@ MAX_IDENTITIES = 256
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient, identity: str | None = None) -> None:
+    def __init__(self, api_client: ApiClient, identity: str | None = None) -> None:
         self.api_client = api_client
         self.identity = identity  # the user this client impersonates (None: the operator)
-        self.core = client.CoreV1Api(api_client)
-        self.custom = client.CustomObjectsApi(api_client)
         self._as: collections.OrderedDict[str, Kube] = collections.OrderedDict()
 
     def impersonating(self, identity: str | None) -> Kube:
@@ -55,7 +59,7 @@ class Kube:
             return self
         kube = self._as.get(identity)
         if kube is None:
-            api_client = client.ApiClient(self.api_client.configuration)
+            api_client = ApiClient(self.api_client.configuration)
             api_client.set_default_header("Impersonate-User", identity)  # type: ignore[no-untyped-call]
             kube = self._as[identity] = Kube(api_client, identity)
             while len(self._as) > MAX_IDENTITIES:
@@ -82,90 +86,117 @@ class Kube:
         """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
-            configuration = client.Configuration.get_default_copy()
+            configuration = Configuration.get_default_copy()
         except config.ConfigException:
-            configuration = client.Configuration()
+            configuration = Configuration()
             config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         configuration.connection_pool_maxsize = 64
-        return cls(client.ApiClient(configuration))
+        return cls(ApiClient(configuration))
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        def call() -> Any:
-            response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-            data = response.data
-            return json.loads(data) if data else None
+    # --- requests ---------------------------------------------------------------------------
 
-        return await asyncio.to_thread(call)
+    def _send(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None,
+        body: Any,
+        content_type: str,
+    ) -> Any:
+        """One request (in a worker thread): the parsed JSON answer, or ApiException."""
+        headers = {"Accept": JSON}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        if query:
+            path = f"{path}?{urllib.parse.urlencode(query)}"
+        method, url, headers, body, _ = self.api_client.param_serialize(
+            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        )
+        response = self.api_client.call_api(
+            method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
+        )
+        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status < 300:
+            text = data.decode("utf-8", "replace") if data else None
+            raise ApiException.from_response(http_resp=response, body=text, data=None)
+        return json.loads(data) if data else None
 
-    async def _maybe(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """The object, or None on 404."""
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: Any = None,
+        content_type: str = JSON,
+    ) -> Any:
+        return await asyncio.to_thread(self._send, method, path, query, body, content_type)
+
+    async def _maybe(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The answer, or None on 404."""
         try:
-            return await self._call(fn, *args, **kwargs)
+            return await self._request(method, path, **kwargs)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
+    @staticmethod
+    def _custom(plural: str, namespace: str | None, name: str | None = None) -> str:
+        scope = f"/namespaces/{_q(namespace)}" if namespace is not None else ""
+        path = f"/apis/{GROUP}/{VERSION}{scope}/{plural}"
+        return f"{path}/{_q(name)}" if name is not None else path
+
+    @staticmethod
+    def _core(resource: str, namespace: str, name: str | None = None) -> str:
+        path = f"/api/v1/namespaces/{_q(namespace)}/{resource}"
+        return f"{path}/{_q(name)}" if name is not None else path
+
     # --- custom resources ---
 
     async def get(self, plural: str, namespace: str, name: str) -> Body | None:
-        result: Body | None = await self._maybe(
-            self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-        )
+        result: Body | None = await self._maybe("GET", self._custom(plural, namespace, name))
         return result
 
     async def list_objects(
         self, plural: str, namespace: str, label_selector: str = ""
     ) -> list[Body]:
-        result = await self._call(
-            self.custom.list_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            label_selector=label_selector,
-        )
+        query = {"labelSelector": label_selector} if label_selector else None
+        result = await self._request("GET", self._custom(plural, namespace), query=query)
+        items: list[Body] = result["items"]
+        return items
+
+    async def list_all(self, plural: str, namespace: str | None = None) -> list[Body]:
+        """Every object of the kind (in one namespace, or cluster-wide)."""
+        result = await self._request("GET", self._custom(plural, namespace))
         items: list[Body] = result["items"]
         return items
 
     async def apply(self, plural: str, namespace: str, body: Body) -> Body:
         """Server-side apply: we own the fields we set, and only those."""
-        result: Body = await self._call(
-            self.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            body["metadata"]["name"],
-            body,
-            field_manager=FIELD_MANAGER,
-            force=True,
-            _content_type="application/apply-patch+yaml",
+        result: Body = await self._request(
+            "PATCH",
+            self._custom(plural, namespace, body["metadata"]["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=body,
+            content_type=APPLY_PATCH,
         )
         return result
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: Body) -> None:
         await self._maybe(
-            self.custom.patch_namespaced_custom_object_status,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"status": status},
-            _content_type="application/merge-patch+json",
+            "PATCH",
+            self._custom(plural, namespace, name) + "/status",
+            body={"status": status},
+            content_type=MERGE_PATCH,
         )
 
     async def patch_metadata(self, plural: str, namespace: str, name: str, metadata: Body) -> None:
         await self._maybe(
-            self.custom.patch_namespaced_custom_object,
-            GROUP,
-            VERSION,
-            namespace,
-            plural,
-            name,
-            {"metadata": metadata},
-            _content_type="application/merge-patch+json",
+            "PATCH",
+            self._custom(plural, namespace, name),
+            body={"metadata": metadata},
+            content_type=MERGE_PATCH,
         )
 
     async def set_finalizers(
@@ -182,33 +213,16 @@ class Kube:
             raise
 
     async def delete(self, plural: str, namespace: str, name: str) -> None:
-        await self._maybe(
-            self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
-        )
-
-    async def list_all(self, plural: str, namespace: str | None = None) -> list[Body]:
-        """Every object of the kind (in one namespace, or cluster-wide)."""
-        if namespace is None:
-            result = await self._call(
-                self.custom.list_cluster_custom_object, GROUP, VERSION, plural
-            )
-        else:
-            result = await self._call(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
-            )
-        items: list[Body] = result["items"]
-        return items
+        await self._maybe("DELETE", self._custom(plural, namespace, name))
 
     async def create_event(self, namespace: str, body: Body) -> None:
-        await self._call(self.core.create_namespaced_event, namespace, body)
+        await self._request("POST", self._core("events", namespace), body=body)
 
-    # --- core objects ---
+    # --- core objects (tenant data: read through `impersonating`) ---
 
     async def get_secret(self, namespace: str, name: str) -> Body | None:
         try:
-            result: Body | None = await self._maybe(
-                self.core.read_namespaced_secret, name, namespace
-            )
+            result: Body | None = await self._maybe("GET", self._core("secrets", namespace, name))
         except ApiException as error:
             raise self._denied(error, "get", "secrets", namespace) from None
         return result
@@ -216,7 +230,7 @@ class Kube:
     async def get_config_map(self, namespace: str, name: str) -> Body | None:
         try:
             result: Body | None = await self._maybe(
-                self.core.read_namespaced_config_map, name, namespace
+                "GET", self._core("configmaps", namespace, name)
             )
         except ApiException as error:
             raise self._denied(error, "get", "configmaps", namespace) from None
@@ -225,12 +239,17 @@ class Kube:
     async def helm_storage(self, namespace: str, release: str) -> list[Body]:
         """Helm's release Secrets (one per revision) of a release."""
         try:
-            result = await self._call(
-                self.core.list_namespaced_secret,
-                namespace,
-                label_selector=f"owner=helm,name={release}",
+            result = await self._request(
+                "GET",
+                self._core("secrets", namespace),
+                query={"labelSelector": f"owner=helm,name={release}"},
             )
         except ApiException as error:
             raise self._denied(error, "list", "secrets", namespace) from None
         items: list[Body] = result["items"]
         return items
+
+
+def _q(segment: str) -> str:
+    """A path segment, escaped (names are validated, but never trust a path built from data)."""
+    return urllib.parse.quote(segment, safe="")

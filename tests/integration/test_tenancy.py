@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import uuid
 from typing import Any
 
 from testbed_fixtures import (
@@ -57,13 +59,18 @@ def _state(namespace: str, repo_url: str, **release: Any) -> dict[str, Any]:
 def test_a_values_secret_the_tenant_may_not_read_is_refused(
     cluster: Cluster, chart_repo: ChartRepo, operator: OperatorProcess, namespace: str
 ) -> None:
-    """The operator here is an admin and could read the Secret; the state's ServiceAccount
-    (`view`: no Secrets) may not, and that is what decides."""
+    """The operator here is an admin and could read the Secret; the state's ServiceAccount may
+    list Secrets (Helm's storage) but not get one by name, and that is what decides."""
     cluster.run("kubectl", "create", "serviceaccount", "viewer", "-n", namespace)
     cluster.run(
-        "kubectl", "create", "rolebinding", "viewer-view", "-n", namespace,
-        "--clusterrole=view", f"--serviceaccount={namespace}:viewer",
+        "kubectl", "create", "role", "list-secrets", "-n", namespace,
+        "--verb=list", "--resource=secrets",
     )  # fmt: skip
+    for role in ("--clusterrole=view", "--role=list-secrets"):
+        cluster.run(
+            "kubectl", "create", "rolebinding", f"viewer{role.split('=')[1]}", "-n", namespace,
+            role, f"--serviceaccount={namespace}:viewer",
+        )  # fmt: skip
     cluster.run(
         "kubectl", "create", "secret", "generic", "app-values", "-n", namespace,
         "--from-literal=values.yaml=message: from-a-secret",
@@ -130,3 +137,64 @@ def test_a_secret_value_quoted_by_a_schema_error_appears_nowhere(
     visible = _visible_text(cluster, namespace, operator)
     for form in _encodings(AWKWARD_SECRET):
         assert form not in visible, f"the Secret value leaked as {form!r}"
+
+
+def test_one_namespace_stuck_on_long_timeouts_does_not_slow_another(
+    cluster: Cluster, chart_repo: ChartRepo, operator: OperatorProcess, namespace: str
+) -> None:
+    """Eight releases that can never become ready (a nodeSelector no node has) wait out their
+    helm timeout in one namespace; a state in another namespace converges about as fast as
+    alone, because one namespace gets only its share of helm slots and workers."""
+
+    def converge(ns: str, name: str) -> float:
+        started = time.monotonic()
+        state = _state(ns, chart_repo.url)
+        state["metadata"]["name"] = name
+        apply(cluster, state)
+        wait_until(
+            lambda: (
+                (condition(cluster.kubectl_json("get", "hfs", name, "-n", ns), "Ready") or {}).get(
+                    "status"
+                )
+                == "True"
+            ),
+            timeout=120,
+            message=f"{ns}/{name} to converge",
+        )
+        return time.monotonic() - started
+
+    alone = converge(namespace, "alone")
+
+    stuck_ns = f"t-stuck-{uuid.uuid4().hex[:6]}"
+    cluster.run("kubectl", "create", "namespace", stuck_ns)
+    try:
+        stuck = _state(stuck_ns, chart_repo.url)
+        stuck["spec"]["helmDefaults"] = {"wait": True, "timeout": "90s", "retries": 0}
+        stuck["spec"]["releases"] = [
+            {
+                "name": f"stuck-{index}",
+                "chart": "test/demo-app",
+                "version": "0.1.0",
+                "values": [{"nodeSelector": {"no-such-node": "anywhere"}}],
+            }
+            for index in range(8)
+        ]
+        apply(cluster, stuck)
+
+        def helm_busy() -> bool:
+            scrape = operator.scrape()
+            line = next(
+                (
+                    x
+                    for x in scrape.splitlines()
+                    if x.startswith("helmfile_operator_helm_in_flight ")
+                ),
+                "",
+            )
+            return bool(line) and float(line.split()[1]) >= 2
+
+        wait_until(helm_busy, timeout=60, message="the stuck namespace's helm processes to run")
+        beside = converge(namespace, "beside")
+        assert beside < alone + 30, f"alone {alone:.1f}s, beside a stuck namespace {beside:.1f}s"
+    finally:
+        cluster.run("kubectl", "delete", "namespace", stuck_ns, "--wait=false", check=False)

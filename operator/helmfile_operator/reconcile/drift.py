@@ -21,7 +21,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client
+from kubernetes.client.api_client import ApiClient
+from kubernetes.client.configuration import Configuration
+from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
 
@@ -137,7 +139,7 @@ def relevant_paths(
 class DriftChecker:
     """Runs checks with the operator's credentials, or impersonating a ServiceAccount."""
 
-    def __init__(self, configuration: client.Configuration) -> None:
+    def __init__(self, configuration: Configuration) -> None:
         self._configuration = configuration
         # The dynamic client is untyped: Any keeps mypy --strict honest about that boundary.
         # One client (with its discovery cache) per identity, least recently used first out:
@@ -147,7 +149,7 @@ class DriftChecker:
     def _client(self, impersonate: str | None) -> Any:
         dynamic = self._clients.get(impersonate)
         if dynamic is None:
-            api_client = client.ApiClient(self._configuration)
+            api_client = ApiClient(self._configuration)
             if impersonate:
                 api_client.set_default_header("Impersonate-User", impersonate)  # type: ignore[no-untyped-call]
             dynamic = self._clients[impersonate] = DynamicClient(api_client)  # type: ignore[no-untyped-call]
@@ -208,7 +210,7 @@ class DriftChecker:
                 entry.missing = True
                 report.objects.append(entry)
                 continue
-            except client.ApiException as error:
+            except ApiException as error:
                 raise _check_error(error, obj, object_namespace) from None
             annotations = (live.get("metadata") or {}).get("annotations") or {}
             if annotations.get(DRIFT_OPT_OUT) == "disabled":
@@ -223,7 +225,7 @@ class DriftChecker:
                     dry_run="All",
                     _request_timeout=TIMEOUT,
                 ).to_dict()
-            except client.ApiException as error:
+            except ApiException as error:
                 raise _check_error(error, obj, object_namespace) from None
             paths = relevant_paths(diff_paths(live, desired), live, object_namespace, ignore)
             if paths:
@@ -251,7 +253,7 @@ class DriftChecker:
                     force_conflicts=True,
                     _request_timeout=TIMEOUT,
                 )
-            except client.ApiException as error:
+            except ApiException as error:
                 raise _check_error(error, obj, object_namespace) from None
 
 
@@ -274,7 +276,7 @@ def _helm_owned(body: dict[str, Any], release: str, namespace: str) -> dict[str,
 
 
 def _check_error(
-    error: client.ApiException, obj: Mapping[str, Any], namespace: str | None
+    error: ApiException, obj: Mapping[str, Any], namespace: str | None
 ) -> DriftCheckError:
     where = f"{obj['kind']} {namespace + '/' if namespace else ''}{obj['metadata']['name']}"
     reason = "forbidden" if error.status == 403 else f"HTTP {error.status} {error.reason}"
