@@ -21,6 +21,18 @@ class Settings(BaseSettings):
         "reads of tenant data impersonate when a state or release names none. Empty: the "
         "operator's own identity — single-tenant clusters only.",
     )
+    max_concurrent_helm_per_namespace: int | None = Field(
+        default=None,
+        ge=1,
+        description="helm processes of one namespace at once (default: half of "
+        "max_concurrent_helm), so one tenant's slow releases leave helm slots to the others.",
+    )
+    max_helm_timeout_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Upper bound of every helm --timeout, whatever a spec asks (the CRDs allow "
+        "at most 24h): a release cannot hold a helm slot longer than this.",
+    )
     max_concurrent_reconciles: int = Field(
         default=32, ge=1, description="Objects reconciled at once (most of them wait on helm)."
     )

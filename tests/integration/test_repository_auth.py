@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import functools
 import http.server
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -83,12 +84,17 @@ def test_private_repository_with_credentials_from_a_secret(
 ) -> None:
     # Without the Secret: a condition that names the field and the fix.
     apply(cluster, _state(namespace, private_repo))
-    found = wait_until(
-        lambda: (lambda c: c if c and c["reason"] == "RepositoryAccessUnavailable" else None)(
-            condition(cluster.kubectl_json("get", "hfr", "private-app", "-n", namespace), "Ready")
-        ),
-        message="the missing credentials to be reported",
-    )
+
+    def unavailable() -> dict[str, Any] | None:
+        got = cluster.run(
+            "kubectl", "get", "hfr", "private-app", "-n", namespace, "-o", "json", check=False
+        )
+        if got.returncode != 0:
+            return None  # the state has not created it yet
+        ready = condition(json.loads(got.stdout), "Ready")
+        return ready if ready and ready["reason"] == "RepositoryAccessUnavailable" else None
+
+    found = wait_until(unavailable, message="the missing credentials to be reported")
     assert "spec.chart.repository.secretRef" in found["message"]
     assert "repo-credentials" in found["message"]
 

@@ -453,6 +453,7 @@ class FakeHelm:
         wait: bool = True,
         impersonate: str | None = None,
         ignore_not_found: bool = False,
+        tenant: str | None = None,
     ) -> None:
         self._record(
             "uninstall",

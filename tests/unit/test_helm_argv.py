@@ -10,12 +10,12 @@ from helmfile_operator.api.models import ChartReference, ChartRepository, HelmOp
 from helmfile_operator.helm import RepositoryCredentials
 from helmfile_operator.helm.argv import (
     chart_ref,
+    clamp_timeout,
     go_duration,
     history_argv,
     registry_host,
-    registry_login_argv,
-    repo_add_argv,
     repo_alias,
+    repo_update_argv,
     rollback_argv,
     uninstall_argv,
     upgrade_argv,
@@ -132,7 +132,8 @@ def test_upgrade_with_alias_tls_and_impersonation() -> None:
 
 
 def test_user_strings_cannot_become_flags() -> None:
-    chart = ChartReference(
+    # The model refuses such a name; the builder must not depend on it.
+    chart = ChartReference.model_construct(
         repository=ChartRepository(url="https://charts.example.com"),
         name="--post-renderer=/bin/sh",
         version="--devel",
@@ -251,49 +252,61 @@ def test_chart_ref() -> None:
 # --- credentials ----------------------------------------------------------------------------------
 
 
-def test_repo_add_takes_the_password_on_stdin() -> None:
+def test_repo_update_names_only_the_alias() -> None:
     credentials = RepositoryCredentials("alice", SECRET)
-    alias = repo_alias("https://charts.example.com", credentials.username)
-    argv = repo_add_argv(
-        alias=alias,
-        url="https://charts.example.com",
-        username=credentials.username,
-        insecure_skip_tls_verify=True,
-        ca_file=Path("/tmp/x/ca.crt"),
-    )
-    assert argv == [
+    alias = repo_alias("https://charts.example.com")
+    assert repo_update_argv(alias=alias, helm_major=4, timeout_seconds=20) == [
         "repo",
-        "add",
-        "--force-update",
-        "--username=alice",
-        "--password-stdin",
-        "--insecure-skip-tls-verify",
-        "--ca-file=/tmp/x/ca.crt",
-        "--timeout=60s",
+        "update",
+        "--timeout=20s",
         "--",
         alias,
-        "https://charts.example.com",
     ]
-    assert SECRET not in " ".join(argv)
+    # Helm 3 has no --timeout there, and exits 0 on a failed download unless told otherwise.
+    assert repo_update_argv(alias=alias, helm_major=3) == [
+        "repo",
+        "update",
+        "--fail-on-repo-update-fail",
+        "--",
+        alias,
+    ]
     assert SECRET not in repr(credentials)
 
 
-def test_registry_login_takes_the_password_on_stdin() -> None:
-    argv = registry_login_argv(
-        host=registry_host("oci://ghcr.io/org/charts"), username="alice", insecure=True
-    )
-    assert argv == [
-        "registry",
-        "login",
-        "--username=alice",
-        "--password-stdin",
-        "--insecure",
-        "--",
-        "ghcr.io",
-    ]
+def test_registry_host() -> None:
+    assert registry_host("oci://ghcr.io/org/charts") == "ghcr.io"
+    assert registry_host("oci://registry.local:5000/charts") == "registry.local:5000"
 
 
-def test_repo_alias_is_stable_and_distinct() -> None:
-    assert repo_alias("https://a", "u") == repo_alias("https://a", "u")
-    assert repo_alias("https://a", "u") != repo_alias("https://a", "v")
-    assert repo_alias("https://a", "u").startswith("hfo-")
+def test_repo_alias_is_stable_and_tells_nothing_of_the_username() -> None:
+    assert repo_alias("https://a") == repo_alias("https://a")
+    assert repo_alias("https://a") != repo_alias("https://b")
+    assert repo_alias("https://a").startswith("hfo-")
+
+
+# --- the maximum timeout --------------------------------------------------------------------------
+
+
+def test_clamp_timeout() -> None:
+    assert clamp_timeout(300, None) == 300
+    assert clamp_timeout(300, 120) == 120
+    assert clamp_timeout(60, 120) == 60
+
+
+def test_upgrade_timeout_is_clamped() -> None:
+    def timeout(max_timeout_seconds: float | None, **options: object) -> list[str]:
+        argv = upgrade_argv(
+            release="demo",
+            namespace="apps",
+            chart=HTTP_CHART,
+            values_file=VALUES_FILE,
+            options=HelmOptions.model_validate(options),
+            helm_major=4,
+            max_timeout_seconds=max_timeout_seconds,
+        )
+        return [a for a in argv if a.startswith("--timeout=")]
+
+    assert timeout(None, timeout="2h") == ["--timeout=7200s"]
+    assert timeout(600, timeout="2h") == ["--timeout=600s"]
+    assert timeout(600) == ["--timeout=300s"]  # the default is below the bound
+    assert timeout(1.5, timeout="10s") == ["--timeout=1.5s"]

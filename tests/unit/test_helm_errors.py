@@ -436,7 +436,7 @@ def test_message_redacts_given_secrets_and_url_credentials() -> None:
 
 
 def test_redact_replaces_longest_first() -> None:
-    assert redact_text("ab abc", ["ab", "abc"]) == f"{REDACTED} {REDACTED}"
+    assert redact_text("abcd abcdef", ["abcd", "abcdef"]) == f"{REDACTED} {REDACTED}"
 
 
 def test_str_names_command_and_kind() -> None:

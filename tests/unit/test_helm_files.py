@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import stat
 from pathlib import Path
 
 import pytest
 
 from helmfile_operator.helm import HelmError
-from helmfile_operator.helm.files import helm_env, private_workdir, write_values_file
+from helmfile_operator.helm.files import (
+    ensure_private_dir,
+    helm_env,
+    private_workdir,
+    registry_credential_keys,
+    tenant_home,
+    write_registry_config,
+    write_repository_config,
+    write_values_file,
+)
 
 SECRET = "s3cr3t-value-nobody-may-see"
 
@@ -24,8 +35,101 @@ def test_env(tmp_path: Path) -> None:
     assert env["HELM_DATA_HOME"] == str(tmp_path / "h" / "data")
     assert env["HELM_REPOSITORY_CONFIG"] == str(tmp_path / "repositories.yaml")
     assert env["HELM_REGISTRY_CONFIG"] == str(tmp_path / "registry" / "config.json")
+    assert env["DOCKER_CONFIG"] == str(tmp_path / "h" / "docker")
     assert base == {"PATH": "/usr/bin", "HOME": "/home/op"}
     assert helm_env(base) == base
+
+
+def test_a_home_overrides_the_operators_own_helm_paths(tmp_path: Path) -> None:
+    base = {
+        "HELM_REPOSITORY_CONFIG": "/shared/repositories.yaml",
+        "HELM_REPOSITORY_CACHE": "/shared/cache",
+        "HELM_REGISTRY_CONFIG": "/shared/registry.json",
+        "HELM_CONTENT_CACHE": "/shared/content",
+        "DOCKER_CONFIG": "/shared/docker",
+        "HELM_PLUGINS": "/opt/helm/plugins",
+    }
+    env = helm_env(base, helm_home=tmp_path)
+    assert not any(v.startswith("/shared/") for v in env.values())
+    assert env["HELM_PLUGINS"] == "/opt/helm/plugins"  # the operator's, read-only for helm
+    assert helm_env(base) == base  # no home: the operator's environment as it is
+
+
+# --- private directories and tenant homes ---------------------------------------------------------
+
+
+def test_ensure_private_dir(tmp_path: Path) -> None:
+    path = ensure_private_dir(tmp_path / "a" / "b")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    path.chmod(0o755)
+    assert stat.S_IMODE(ensure_private_dir(path).stat().st_mode) == 0o700
+    (tmp_path / "link").symlink_to(path)
+    with pytest.raises(OSError, match="not a directory"):
+        ensure_private_dir(tmp_path / "link")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError, match="not a directory"):
+        ensure_private_dir(tmp_path / "file")
+
+
+def test_tenant_homes(tmp_path: Path) -> None:
+    a = tenant_home(tmp_path / "homes", "team-a")
+    assert a == tmp_path / "homes" / "team-a"
+    assert stat.S_IMODE((tmp_path / "homes").stat().st_mode) == 0o700
+    assert stat.S_IMODE(a.stat().st_mode) == 0o700
+    assert tenant_home(tmp_path / "homes", "team-a") == a
+    for odd in ("../x", "/etc", "a/b", "", "UPPER", "x" * 64):
+        home = tenant_home(tmp_path / "homes", odd)
+        assert home.parent == tmp_path / "homes"
+        assert home.name.startswith("_")
+    assert tenant_home(tmp_path / "homes", "../x") != tenant_home(tmp_path / "homes", "../y")
+
+
+# --- credentials in helm's own files --------------------------------------------------------------
+
+
+def test_repository_config(tmp_path: Path) -> None:
+    path = write_repository_config(
+        tmp_path / "repositories.yaml",
+        name="hfo-1",
+        url="https://charts.example.com",
+        username="alice",
+        password=SECRET,
+        ca_file=tmp_path / "ca.crt",
+        insecure_skip_tls_verify=True,
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    document = json.loads(path.read_text())
+    assert set(document) == {"apiVersion", "generated", "repositories"}
+    [entry] = document["repositories"]
+    assert entry == {
+        "name": "hfo-1",
+        "url": "https://charts.example.com",
+        "username": "alice",
+        "password": SECRET,
+        "certFile": "",
+        "keyFile": "",
+        "caFile": str(tmp_path / "ca.crt"),
+        "insecure_skip_tls_verify": True,
+        "pass_credentials_all": False,
+    }
+    with pytest.raises(FileExistsError):  # never over a file someone else put there
+        write_repository_config(path, name="x", url="https://x", username="u", password="p")
+
+
+def test_registry_config(tmp_path: Path) -> None:
+    path = write_registry_config(
+        tmp_path / "registry" / "config.json", host="ghcr.io", username="bob", password=SECRET
+    )
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    auth = base64.b64encode(f"bob:{SECRET}".encode()).decode()
+    assert json.loads(path.read_text()) == {"auths": {"ghcr.io": {"auth": auth}}}
+    assert os.listdir(path.parent) == ["config.json"]
+
+
+def test_registry_credential_keys() -> None:
+    assert registry_credential_keys("registry.local:5000") == ["registry.local:5000"]
+    assert "https://index.docker.io/v1/" in registry_credential_keys("registry-1.docker.io")
 
 
 # --- the values file ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import sys
 import time
@@ -120,3 +121,82 @@ async def test_slots_and_counters() -> None:
 def test_at_least_one_slot() -> None:
     with pytest.raises(ValueError, match="max_concurrency"):
         Runner(max_concurrency=0)
+
+
+# --- per-tenant slots -----------------------------------------------------------------------------
+
+
+async def wait_for(predicate: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_tenant_at_its_cap_does_not_block_another() -> None:
+    # Three global slots, two per tenant: tenant a's third and fourth runs wait for a slot of
+    # their own without holding a global one, so tenant b starts at once.
+    run = runner(max_concurrency=3, max_concurrency_per_tenant=2)
+    slow = python("import time; time.sleep(30)")
+    a = [
+        asyncio.create_task(run.run(f"a{i}", slow, limit=60, env=ENV, tenant="a")) for i in range(4)
+    ]
+    await wait_for(lambda: run.in_flight == 2 and run.queued == 2)
+    assert run.tenant_in_flight("a") == 2
+    quick = python("print('b ran')")
+    result = await asyncio.wait_for(run.run("b", quick, limit=10, env=ENV, tenant="b"), 10)
+    assert result.ok and result.stdout == "b ran\n"
+    assert (run.in_flight, run.queued, run.tenant_in_flight("a")) == (2, 2, 2)
+    for task in a:
+        task.cancel()
+    await asyncio.gather(*a, return_exceptions=True)
+    assert (run.in_flight, run.queued, run.tenant_in_flight("a")) == (0, 0, 0)
+
+
+async def test_a_tenant_never_runs_more_than_its_share() -> None:
+    run = runner(max_concurrency=4, max_concurrency_per_tenant=1)
+    code = "import time; print(time.time()); time.sleep(0.3); print(time.time())"
+    results = await asyncio.gather(
+        *(run.run(f"a{i}", python(code), limit=10, env=ENV, tenant="a") for i in range(3))
+    )
+    spans = sorted(tuple(map(float, r.stdout.split())) for r in results)
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
+
+
+async def test_without_a_tenant_only_the_global_bound_applies() -> None:
+    run = runner(max_concurrency=2, max_concurrency_per_tenant=1)
+    sleep = python("import time; time.sleep(0.5)")
+    tasks = [asyncio.create_task(run.run(f"r{i}", sleep, limit=10, env=ENV)) for i in range(2)]
+    await wait_for(lambda: run.in_flight == 2)
+    await asyncio.gather(*tasks)
+
+
+async def test_cancelled_while_waiting_for_the_tenant_slot() -> None:
+    run = runner(max_concurrency=2, max_concurrency_per_tenant=1)
+    slow = python("import time; time.sleep(30)")
+    first = asyncio.create_task(run.run("a0", slow, limit=60, env=ENV, tenant="a"))
+    await wait_for(lambda: run.in_flight == 1)
+    second = asyncio.create_task(run.run("a1", slow, limit=60, env=ENV, tenant="a"))
+    await wait_for(lambda: run.queued == 1)
+    second.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert (run.in_flight, run.queued, run.tenant_in_flight("a")) == (1, 0, 1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (run.in_flight, run.queued, run.tenant_in_flight("a")) == (0, 0, 0)
+
+
+async def test_runs_in_the_given_directory(tmp_path: Path) -> None:
+    result = await runner().run(
+        "pwd", python("import os; print(os.getcwd())"), limit=10, env=ENV, cwd=tmp_path
+    )
+    assert result.stdout.strip() == str(tmp_path)
+
+
+def test_per_tenant_slots() -> None:
+    assert Runner(max_concurrency=8).max_concurrency_per_tenant == 4
+    assert Runner(max_concurrency=1).max_concurrency_per_tenant == 1
+    with pytest.raises(ValueError, match="max_concurrency_per_tenant"):
+        Runner(max_concurrency=2, max_concurrency_per_tenant=0)

@@ -60,6 +60,8 @@ def _structural(node: Any, defs: dict[str, Schema]) -> Any:
             continue
         if key == "properties":
             result[key] = {name: _structural(prop, defs) for name, prop in value.items()}
+        elif key == "x-kubernetes-validations":  # CEL rules (from the models), not schemas
+            result[key] = copy.deepcopy(value)
         else:
             result[key] = _structural(value, defs)
     if "enum" in result and "type" not in result:
@@ -245,7 +247,8 @@ def custom_resource_definitions() -> list[dict[str, Any]]:
 
 
 def validation_messages() -> dict[str, list[str]]:
-    """Kind → the messages of its CEL rules, root first, as the API server reports them."""
+    """Kind → the messages of its CEL rules, root first, each once, as the API server reports
+    them."""
 
     def walk(node: Any) -> list[str]:
         if isinstance(node, list):
@@ -257,8 +260,11 @@ def validation_messages() -> dict[str, list[str]]:
             m for k, v in node.items() if k != "x-kubernetes-validations" for m in walk(v)
         ]
 
+    # A rule of a shared type (the helm options' timeout) appears at every place that uses it.
     return {
-        crd["spec"]["names"]["kind"]: walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+        crd["spec"]["names"]["kind"]: list(
+            dict.fromkeys(walk(crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]))
+        )
         for crd in custom_resource_definitions()
     }
 

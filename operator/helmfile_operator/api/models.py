@@ -23,12 +23,25 @@ HELM_RELEASE_NAME_MAX = 53
 # (a HelmfileState's, on its HelmfileReleases) need the tighter bound.
 LABEL_VALUE_MAX = 63
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A ServiceAccount name: a DNS subdomain.
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_SUBDOMAIN_MAX = 253
+# A chart's name in its repository: no `/`, no leading `.` and no scheme, so that it can never
+# name a path (`../x`, `/etc`) or another location (`file://`) to helm.
+CHART_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"
+CHART_NAME_MAX = 250
 # Go duration as Kubernetes and helm accept it: "300s", "10m", "1h30m".
 DURATION = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|ms|s|m|h)")
 _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 MAX_RELEASES = 2000
+# The longest helm timeout a spec may ask for (a run holds one of the operator's helm slots).
+MAX_HELM_TIMEOUT = "24h"
+MAX_HELM_TIMEOUT_MESSAGE = (
+    f"the helm timeout (helm.timeout, helmDefaults.timeout) must be at most {MAX_HELM_TIMEOUT}: "
+    "a helm action may not wait longer; choose a shorter duration"
+)
 
 Duration = Annotated[str, Field(pattern=DURATION, examples=["300s", "10m"])]
 Values = dict[str, Any]
@@ -119,12 +132,32 @@ class HelmOptions(Model):
         default=None,
         description="The operator rolls back a failed upgrade (a failed install is uninstalled).",
     )
-    timeout: Duration | None = None
+    timeout: Duration | None = Field(
+        default=None,
+        description=f"helm's --timeout, at most {MAX_HELM_TIMEOUT} (the operator may cap it).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"duration(self) <= duration('{MAX_HELM_TIMEOUT}')",
+                    "message": MAX_HELM_TIMEOUT_MESSAGE,
+                    "reason": "FieldValueInvalid",
+                }
+            ]
+        },
+    )
     create_namespace: bool | None = None
     history_max: int | None = Field(default=None, ge=0)
     retries: int | None = Field(
         default=None, ge=0, description="Failed attempts of one spec before the release is Stalled."
     )
+
+    @field_validator("timeout")
+    @classmethod
+    def _bounded_timeout(cls, timeout: str | None) -> str | None:
+        # The CRD's rule, for objects that did not pass through the API server (tests, renders).
+        if timeout is not None and duration_seconds(timeout) > duration_seconds(MAX_HELM_TIMEOUT):
+            raise ValueError(MAX_HELM_TIMEOUT_MESSAGE)
+        return timeout
 
 
 DEFAULT_HELM_OPTIONS = HelmOptions(
@@ -233,6 +266,8 @@ class HelmfileStateSpec(Model):
     )
     service_account_name: str | None = Field(
         default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=DNS_SUBDOMAIN_MAX,
         description="helm runs impersonating this ServiceAccount of the state's namespace.",
     )
     drift_detection: DriftDetection | None = None
@@ -270,7 +305,12 @@ class ChartRepository(Model):
 
 class ChartReference(Model):
     repository: ChartRepository
-    name: str = Field(min_length=1)
+    name: str = Field(
+        min_length=1,
+        max_length=CHART_NAME_MAX,
+        pattern=CHART_NAME,
+        description="The chart's name in the repository (no path, no URL).",
+    )
     version: str | None = None
 
     @property
@@ -298,7 +338,10 @@ class HelmfileReleaseSpec(Model):
     suspend: bool = Field(default=False, description="No helm action while `true`.")
     interval: Duration = Field(default="10m", description="Resync period.")
     service_account_name: str | None = Field(
-        default=None, description="helm runs impersonating this ServiceAccount (same namespace)."
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=DNS_SUBDOMAIN_MAX,
+        description="helm runs impersonating this ServiceAccount (same namespace).",
     )
     drift_detection: DriftDetection | None = None
 

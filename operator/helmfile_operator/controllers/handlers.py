@@ -42,6 +42,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     helm = HelmClient(
         operator_settings.helm_binary,
         max_concurrency=operator_settings.max_concurrent_helm,
+        max_concurrency_per_tenant=operator_settings.max_concurrent_helm_per_namespace,
+        max_timeout_seconds=operator_settings.max_helm_timeout_seconds,
         on_command=operator_metrics.observe_helm,
     )
     # Fail at start, loudly, when helm is missing or broken — not at the first release.

@@ -4,8 +4,11 @@ Rules these builders keep:
 
 - user-provided strings go after `--` (positionals) or as `--flag=value`, so none can be read as
   a flag;
-- values only ever reach helm as a file (`--values=FILE`), never `--set`; passwords only on stdin
-  (`--password-stdin`), never on argv;
+- values only ever reach helm as a file (`--values=FILE`), never `--set`; repository usernames
+  and passwords only in helm's own configuration files (`files.py`), never on argv;
+- a chart is always named so that helm looks it up in a repository (`--repo`, an alias, `oci://`),
+  and helm runs in an empty directory: no CHART argument can be read as a path on the operator's
+  filesystem;
 - Helm 3 and Helm 4 differ in `--wait`: the caller passes helm's major version and the flag is
   chosen from it. `--atomic`/`--rollback-on-failure` are never passed: the operator remediates
   (rollback, uninstall) itself.
@@ -28,9 +31,14 @@ from helmfile_operator.api.models import (
 # poller), "hookOnly" (what omitting --wait means).
 WAIT_STRATEGIES = ("watcher", "legacy", "hookOnly")
 DEFAULT_WAIT_STRATEGY = "watcher"
-# The time limit of commands without a helm timeout of their own (version, history, registry
-# login), and `repo add`'s --timeout.
+# The time limit of commands without a helm timeout of their own (version, history), and
+# `repo update`'s --timeout.
 QUICK_TIMEOUT_SECONDS = 60.0
+
+
+def clamp_timeout(seconds: float, maximum: float | None) -> float:
+    """`seconds`, at most `maximum` (the operator-wide bound of any helm timeout) when set."""
+    return seconds if maximum is None else min(seconds, maximum)
 
 
 def go_duration(seconds: float) -> str:
@@ -47,13 +55,14 @@ def is_oci(url: str) -> bool:
 
 
 def registry_host(url: str) -> str:
-    """`oci://ghcr.io/org/charts` -> `ghcr.io` (what `helm registry login` takes)."""
+    """`oci://ghcr.io:5000/org/charts` -> `ghcr.io:5000` (the key of its registry credentials)."""
     return url.removeprefix("oci://").split("/", 1)[0]
 
 
-def repo_alias(url: str, username: str) -> str:
-    """A stable, private repository name for `helm repo add` (only used with credentials)."""
-    digest = hashlib.sha256(f"{url}\0{username}".encode()).hexdigest()[:16]
+def repo_alias(url: str) -> str:
+    """The repository's name in a per-call repositories.yaml (only used with credentials). It
+    is on argv, so it derives from the URL alone: a hash of the username could be guessed back."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     return f"hfo-{digest}"
 
 
@@ -123,16 +132,19 @@ def upgrade_argv(
     alias: str | None = None,
     ca_file: Path | None = None,
     wait_strategy: str = DEFAULT_WAIT_STRATEGY,
+    max_timeout_seconds: float | None = None,
 ) -> list[str]:
-    """`helm upgrade --install`; `options` goes over DEFAULT_HELM_OPTIONS; `atomic` is ignored."""
+    """`helm upgrade --install`; `options` goes over DEFAULT_HELM_OPTIONS; `atomic` is ignored.
+    The timeout is at most `max_timeout_seconds`."""
     opts = merge_helm_options(DEFAULT_HELM_OPTIONS, options)
+    timeout = clamp_timeout(helm_timeout_seconds(opts), max_timeout_seconds)
     argv = ["upgrade", "--install", *scope_flags(namespace, impersonate)]
     argv += chart_flags(chart, alias=alias, ca_file=ca_file)
     argv.append(f"--values={values_file}")
     if opts.create_namespace:
         argv.append("--create-namespace")
     argv += wait_flags(helm_major, bool(opts.wait), bool(opts.wait_for_jobs), wait_strategy)
-    argv.append(f"--timeout={go_duration(helm_timeout_seconds(opts))}")
+    argv.append(f"--timeout={go_duration(timeout)}")
     if opts.history_max is not None:
         argv.append(f"--history-max={opts.history_max}")
     argv += ["--output=json", "--", release, chart_ref(chart, alias=alias)]
@@ -195,33 +207,17 @@ def history_argv(
     ]
 
 
-def repo_add_argv(
-    *,
-    alias: str,
-    url: str,
-    username: str,
-    insecure_skip_tls_verify: bool = False,
-    ca_file: Path | None = None,
-    timeout_seconds: float = QUICK_TIMEOUT_SECONDS,
+def repo_update_argv(
+    *, alias: str, helm_major: int, timeout_seconds: float = QUICK_TIMEOUT_SECONDS
 ) -> list[str]:
-    """`helm repo add` into a private repositories.yaml; the password comes on stdin."""
-    argv = ["repo", "add", "--force-update", f"--username={username}", "--password-stdin"]
-    if insecure_skip_tls_verify:
-        argv.append("--insecure-skip-tls-verify")
-    if ca_file is not None:
-        argv.append(f"--ca-file={ca_file}")
-    argv += [f"--timeout={go_duration(timeout_seconds)}", "--", alias, url]
-    return argv
-
-
-def registry_login_argv(
-    *, host: str, username: str, insecure: bool = False, ca_file: Path | None = None
-) -> list[str]:
-    """`helm registry login` into a private registry config; the password comes on stdin."""
-    argv = ["registry", "login", f"--username={username}", "--password-stdin"]
-    if insecure:
-        argv.append("--insecure")
-    if ca_file is not None:
-        argv.append(f"--ca-file={ca_file}")
-    argv += ["--", host]
+    """`helm repo update ALIAS`: downloads the index of a repository written into the private
+    repositories.yaml (credentials and CA are read from that file, never from argv), which a
+    CHART of the form `ALIAS/name` needs. Helm 4 fails when the download does and has
+    `--timeout`; Helm 3 needs `--fail-on-repo-update-fail`, and the subprocess limit bounds it."""
+    argv = ["repo", "update"]
+    if helm_major >= 4:
+        argv.append(f"--timeout={go_duration(timeout_seconds)}")
+    else:
+        argv.append("--fail-on-repo-update-fail")
+    argv += ["--", alias]
     return argv

@@ -4,6 +4,10 @@ Each verb builds its argv (`argv.py`), writes the run's private files (`files.py
 through the bounded `Runner` (`runner.py`) and parses what helm printed (`output.py`). A run that
 fails becomes a `HelmError` whose message is safe to show (`errors.py`). helm's stdout is parsed,
 never logged: with `--output json` it holds the release's values.
+
+The verbs take the `tenant` they act for (the object's namespace): its runs share helm's home
+(cache, configuration, data) with no other tenant, and hold at most `max_concurrency_per_tenant`
+of the runner's slots.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +26,26 @@ from helmfile_operator.helm.argv import (
     DEFAULT_WAIT_STRATEGY,
     QUICK_TIMEOUT_SECONDS,
     WAIT_STRATEGIES,
+    clamp_timeout,
     helm_timeout_seconds,
     history_argv,
     is_oci,
     registry_host,
-    registry_login_argv,
-    repo_add_argv,
     repo_alias,
+    repo_update_argv,
     rollback_argv,
     uninstall_argv,
     upgrade_argv,
 )
 from helmfile_operator.helm.errors import HINTS, HelmError, HelmErrorKind, classify, redact_text
 from helmfile_operator.helm.files import (
+    ensure_private_dir,
     helm_env,
     private_workdir,
+    tenant_home,
     write_private_file,
+    write_registry_config,
+    write_repository_config,
     write_values_file,
 )
 from helmfile_operator.helm.output import (
@@ -69,7 +78,13 @@ class RepositoryCredentials:
 
 
 class HelmClient:
-    """Runs helm with bounded concurrency; every method raises HelmError on failure."""
+    """Runs helm with bounded concurrency; every method raises HelmError on failure.
+
+    `max_concurrency_per_tenant` (default: half of `max_concurrency`, at least 1) bounds the runs
+    of one tenant; `max_timeout_seconds` (default: none) bounds every helm `--timeout` and the
+    time limit of every run; `tenant_home_dir` (default: `work_dir/helm-homes`, or without
+    `work_dir` a private directory in the system temp dir) holds the tenants' helm homes.
+    """
 
     def __init__(
         self,
@@ -84,10 +99,16 @@ class HelmClient:
         term_grace_seconds: float = DEFAULT_TERM_GRACE_SECONDS,
         subprocess_grace_seconds: float = SUBPROCESS_GRACE_SECONDS,
         quick_timeout_seconds: float = QUICK_TIMEOUT_SECONDS,
+        max_concurrency_per_tenant: int | None = None,
+        max_timeout_seconds: float | None = None,
+        tenant_home_dir: Path | None = None,
     ) -> None:
+        if max_timeout_seconds is not None and max_timeout_seconds <= 0:
+            raise ValueError("max_timeout_seconds must be positive")
         # `on_command(command, "success" | "error", seconds)` is called after every helm run.
         self.runner = Runner(
             max_concurrency=max_concurrency,
+            max_concurrency_per_tenant=max_concurrency_per_tenant,
             term_grace_seconds=term_grace_seconds,
             on_finish=on_command,
             logger=log,
@@ -101,6 +122,8 @@ class HelmClient:
         self.work_dir = work_dir
         self.subprocess_grace_seconds = subprocess_grace_seconds
         self.quick_timeout_seconds = quick_timeout_seconds
+        self.max_timeout_seconds = max_timeout_seconds
+        self.tenant_home_dir = tenant_home_dir
         self._version: HelmVersion | None = None
 
     @property
@@ -116,7 +139,7 @@ class HelmClient:
             result = await self._run(
                 "version",
                 ["version", "--template={{.Version}}"],
-                limit=self.quick_timeout_seconds,
+                limit=self._quick_limit(),
                 env=self._env(),
             )
             try:
@@ -139,18 +162,26 @@ class HelmClient:
         credentials: RepositoryCredentials | None = None,
         ca_pem: str | None = None,
         redact: Iterable[str] = (),
+        tenant: str | None = None,
     ) -> ReleaseInfo:
         """`helm upgrade --install`. The caller resolves `chart.repository.secretRef` into
         `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read from
-        Secrets) that must not appear in an error message."""
+        Secrets) that must not appear in an error message. `helm_home`, when given, is used
+        instead of the tenant's home."""
         helm = await self.version()
         secrets = [*redact, *([credentials.password] if credentials else [])]
-        helm_timeout = helm_timeout_seconds(options)
+        helm_timeout = self._clamp(helm_timeout_seconds(options))
         with private_workdir(self.work_dir) as workdir:
             values_file = write_values_file(workdir, values)
             ca_file = write_private_file(workdir / "ca.crt", ca_pem) if ca_pem else None
-            env = self._env(helm_home, private_dir=workdir if credentials else None)
-            alias = await self._login(chart, credentials, ca_file, env) if credentials else None
+            # An empty working directory: no CHART argument can name a local chart.
+            cwd = ensure_private_dir(workdir / "cwd")
+            env = self._env(helm_home, private_dir=workdir, tenant=tenant)
+            alias = None
+            if credentials is not None:
+                alias = await self._configure_repository(
+                    chart, credentials, ca_file, env, helm.major, cwd=cwd, tenant=tenant
+                )
             argv = upgrade_argv(
                 release=release,
                 namespace=namespace,
@@ -162,6 +193,7 @@ class HelmClient:
                 alias=alias,
                 ca_file=ca_file,
                 wait_strategy=self.wait_strategy,
+                max_timeout_seconds=self.max_timeout_seconds,
             )
             result = await self._run(
                 "upgrade",
@@ -169,6 +201,8 @@ class HelmClient:
                 limit=helm_timeout + self.subprocess_grace_seconds,
                 env=env,
                 redact=secrets,
+                tenant=tenant,
+                cwd=cwd,
             )
         try:
             return parse_release(result.stdout)
@@ -186,8 +220,10 @@ class HelmClient:
         wait: bool = True,
         impersonate: str | None = None,
         ignore_not_found: bool = False,
+        tenant: str | None = None,
     ) -> None:
         helm = await self.version()
+        timeout_seconds = self._clamp(timeout_seconds)
         argv = uninstall_argv(
             release=release,
             namespace=namespace,
@@ -202,7 +238,8 @@ class HelmClient:
                 "uninstall",
                 argv,
                 limit=timeout_seconds + self.subprocess_grace_seconds,
-                env=self._env(),
+                env=self._env(tenant=tenant),
+                tenant=tenant,
             )
         except HelmError as error:
             if ignore_not_found and error.kind is HelmErrorKind.RELEASE_NOT_FOUND:
@@ -221,9 +258,11 @@ class HelmClient:
         impersonate: str | None = None,
         wait_for_jobs: bool = False,
         history_max: int | None = None,
+        tenant: str | None = None,
     ) -> None:
         """Roll back to `revision`, or to the previous revision when None."""
         helm = await self.version()
+        timeout_seconds = self._clamp(timeout_seconds)
         argv = rollback_argv(
             release=release,
             namespace=namespace,
@@ -237,7 +276,11 @@ class HelmClient:
             wait_strategy=self.wait_strategy,
         )
         await self._run(
-            "rollback", argv, limit=timeout_seconds + self.subprocess_grace_seconds, env=self._env()
+            "rollback",
+            argv,
+            limit=timeout_seconds + self.subprocess_grace_seconds,
+            env=self._env(tenant=tenant),
+            tenant=tenant,
         )
 
     async def history(
@@ -247,12 +290,17 @@ class HelmClient:
         namespace: str,
         max: int = 10,
         impersonate: str | None = None,
+        tenant: str | None = None,
     ) -> list[HistoryRecord]:
         """The last `max` revisions, oldest first; empty when the release does not exist."""
         argv = history_argv(release=release, namespace=namespace, max=max, impersonate=impersonate)
         try:
             result = await self._run(
-                "history", argv, limit=self.quick_timeout_seconds, env=self._env()
+                "history",
+                argv,
+                limit=self._quick_limit(),
+                env=self._env(tenant=tenant),
+                tenant=tenant,
             )
         except HelmError as error:
             if error.kind is HelmErrorKind.RELEASE_NOT_FOUND:
@@ -267,56 +315,93 @@ class HelmClient:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _clamp(self, seconds: float) -> float:
+        return clamp_timeout(seconds, self.max_timeout_seconds)
+
+    def _quick_limit(self) -> float:
+        return self._clamp(self.quick_timeout_seconds)
+
     def _env(
-        self, helm_home: Path | None = None, private_dir: Path | None = None
+        self,
+        helm_home: Path | None = None,
+        private_dir: Path | None = None,
+        tenant: str | None = None,
     ) -> dict[str, str]:
+        if helm_home is None and tenant is not None:
+            helm_home = self._tenant_home(tenant)
         return helm_env(
             self.base_env, kubeconfig=self.kubeconfig, helm_home=helm_home, private_dir=private_dir
         )
 
-    async def _login(
+    def _tenant_home(self, tenant: str) -> Path:
+        try:
+            return tenant_home(self._tenant_home_dir(), tenant)
+        except OSError as error:
+            raise HelmError(
+                HelmErrorKind.UNKNOWN, "setup", f"helm's home for {tenant!r} is unusable: {error}"
+            ) from None
+
+    def _tenant_home_dir(self) -> Path:
+        if self.tenant_home_dir is None:
+            if self.work_dir is not None:
+                self.tenant_home_dir = self.work_dir / "helm-homes"
+            else:
+                # Stable across restarts (the caches stay useful, nothing is orphaned), unless
+                # someone else holds that name in a shared temp dir.
+                stable = Path(tempfile.gettempdir()) / f"helmfile-operator-{os.geteuid()}-homes"
+                try:
+                    self.tenant_home_dir = ensure_private_dir(stable)
+                except OSError:
+                    self.tenant_home_dir = Path(tempfile.mkdtemp(prefix="helmfile-operator-homes-"))
+        return self.tenant_home_dir
+
+    async def _configure_repository(
         self,
         chart: ChartReference,
         credentials: RepositoryCredentials,
         ca_file: Path | None,
         env: Mapping[str, str],
+        helm_major: int,
+        *,
+        cwd: Path,
+        tenant: str | None,
     ) -> str | None:
-        """Register the credentials in the private config of `env`; the chart alias for http(s)."""
+        """Write the credentials into the private configuration of `env`, in helm's formats (no
+        login command: nothing of them on argv); the chart alias for http(s).
+
+        OCI: the registry config (helm reads it for every registry request). http(s): a
+        repositories.yaml with the repository under an alias, and `helm repo update ALIAS`,
+        which downloads its index (read from the cache by `helm upgrade ALIAS/chart`) with the
+        file's credentials."""
         repository = chart.repository
-        stdin = (credentials.password + "\n").encode()
         if is_oci(repository.url):
-            Path(env["HELM_REGISTRY_CONFIG"]).parent.mkdir(mode=0o700, exist_ok=True)
-            argv = registry_login_argv(
+            write_registry_config(
+                Path(env["HELM_REGISTRY_CONFIG"]),
                 host=registry_host(repository.url),
                 username=credentials.username,
-                insecure=repository.insecure_skip_tls_verify,
-                ca_file=ca_file,
-            )
-            await self._run(
-                "registry login",
-                argv,
-                limit=self.quick_timeout_seconds,
-                env=env,
-                stdin=stdin,
-                redact=[credentials.password],
+                password=credentials.password,
             )
             return None
-        alias = repo_alias(repository.url, credentials.username)
-        argv = repo_add_argv(
-            alias=alias,
+        alias = repo_alias(repository.url)
+        write_repository_config(
+            Path(env["HELM_REPOSITORY_CONFIG"]),
+            name=alias,
             url=repository.url,
             username=credentials.username,
-            insecure_skip_tls_verify=repository.insecure_skip_tls_verify,
+            password=credentials.password,
             ca_file=ca_file,
-            timeout_seconds=self.quick_timeout_seconds,
+            insecure_skip_tls_verify=repository.insecure_skip_tls_verify,
         )
+        timeout = self._quick_limit()
         await self._run(
-            "repo add",
-            argv,
-            limit=self.quick_timeout_seconds + self.subprocess_grace_seconds,
+            "repo update",
+            repo_update_argv(alias=alias, helm_major=helm_major, timeout_seconds=timeout),
+            limit=timeout + self.subprocess_grace_seconds,
             env=env,
-            stdin=stdin,
             redact=[credentials.password],
+            tenant=tenant,
+            cwd=cwd,
+            errors_on_stdout=True,
         )
         return alias
 
@@ -329,10 +414,14 @@ class HelmClient:
         env: Mapping[str, str],
         stdin: bytes | None = None,
         redact: Iterable[str] = (),
+        tenant: str | None = None,
+        cwd: Path | None = None,
+        errors_on_stdout: bool = False,
     ) -> RunResult:
         """Run one helm command; HelmError unless it exits 0 within `limit` seconds (queueing for a
         slot does not count) and its output fits the runner's bounds. Cancellation kills helm and
-        propagates."""
+        propagates. `errors_on_stdout`: the command prints the causes of its failure on stdout
+        (`repo update`), where no value can be."""
         secrets = list(redact)
         argv = [self.binary, *args]
         try:
@@ -343,6 +432,8 @@ class HelmClient:
                 env=env,
                 stdin=stdin,
                 shown=redact_text(shlex.join(argv), secrets),
+                tenant=tenant,
+                cwd=cwd,
             )
         except SpawnError as error:
             raise HelmError(
@@ -354,10 +445,11 @@ class HelmClient:
             # Cut output: stdout cannot be parsed, or stderr cannot be classified.
             failure = self._overflow(command, result)
         else:
+            stderr = result.stderr
+            if errors_on_stdout:
+                stderr = _causes_on_stdout(result.stdout) + stderr
             failure = _refused_impersonation(
-                classify(
-                    command, result.stderr, result.returncode, result.timed_out, redact=secrets
-                ),
+                classify(command, stderr, result.returncode, result.timed_out, redact=secrets),
                 args,
             )
         log.debug("helm %s failed: %s", command, failure.message)
@@ -377,6 +469,14 @@ class HelmClient:
 
 def _size(size: int) -> str:
     return f"{size // 2**20} MiB" if size >= 2**20 and size % 2**20 == 0 else f"{size} bytes"
+
+
+def _causes_on_stdout(stdout: str) -> str:
+    """`helm repo update` prints why a repository failed on stdout, indented under a
+    `...Unable to get an update` line, and only a summary on stderr: the causes, as error lines
+    that `classify` reads first."""
+    causes = [line.strip() for line in stdout.splitlines() if line[:1] == "\t" and line.strip()]
+    return "".join(f"Error: {cause}\n" for cause in causes)
 
 
 def _refused_impersonation(failure: HelmError, argv: Sequence[str]) -> HelmError:

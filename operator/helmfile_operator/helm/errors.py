@@ -2,12 +2,15 @@
 
 `classify` maps helm's stderr (Helm 3 and Helm 4 wording) to a `HelmErrorKind`. The message keeps
 only helm's `Error:` line(s), collapsed to one line, scrubbed of URL credentials and of any string
-the caller asks to redact, truncated, and followed by a hint. helm's stdout is never used: with
+the caller asks to redact (in each encoding a message may quote it in: `secret_forms`),
+truncated, and followed by a hint. helm's stdout is never used: with
 `--output json` it holds the release's values.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 from collections.abc import Iterable
 from enum import StrEnum
@@ -263,10 +266,123 @@ def summarize(stderr: str, *, redact: Iterable[str] = ()) -> str:
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Drop URL user-info, `password=...`-like pairs, and every given secret string."""
+    """Drop URL user-info, `password=...`-like pairs, and every given secret string in each form
+    it may take in an error message (`secret_forms`)."""
     text = _URL_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
     text = _SECRET_ASSIGN.sub(lambda m: m.group("key") + REDACTED, text)
-    # Longest first, so that a secret containing another is replaced whole.
-    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+    forms: set[str] = set()
+    for secret in secrets:
+        forms |= secret_forms(secret)
+    # Longest first, so that a form containing another is replaced whole.
+    for form in sorted(forms, key=lambda f: (-len(f), f)):
+        text = text.replace(form, REDACTED)
     return text
+
+
+# --- the forms of a secret ----------------------------------------------------------------------
+
+# Shorter strings would scrub ordinary words (the values of a Secret include "true", "yes", ...).
+MIN_SECRET_CHARS = 4
+# A line of a multi-line secret (a PEM key) is redacted on its own from this length: messages
+# that quote one line of it, or re-wrap it, must not leak the rest.
+MIN_SECRET_LINE_CHARS = 8
+_PEM_ARMOR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+_GO_ESCAPES = {
+    "\a": "\\a",
+    "\b": "\\b",
+    "\f": "\\f",
+    "\n": "\\n",
+    "\r": "\\r",
+    "\t": "\\t",
+    "\v": "\\v",
+    "\\": "\\\\",
+    '"': '\\"',
+}
+# encoding/json escapes these on top of JSON's own (HTML safety, JavaScript line terminators).
+_GO_JSON_EXTRA = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def secret_forms(secret: str) -> set[str]:
+    """Every form of `secret` an error message may quote: as is, Go-quoted (`strconv.Quote`, as
+    helm and the API server print values), JSON-escaped, base64 (standard and URL-safe, padded or
+    not, also at any offset of a longer base64 text such as a Secret's data), with its whitespace
+    collapsed (as `summarize` does), and, for a multi-line secret, each of its lines."""
+    if len(secret) < MIN_SECRET_CHARS:
+        return set()
+    forms = {secret} | _escaped_forms(secret) | _base64_forms(secret.encode())
+    lines = [line.strip() for line in _LINE_BREAK.split(secret)]
+    if len(lines) > 1:
+        for line in lines:
+            if len(line) >= MIN_SECRET_LINE_CHARS and not _PEM_ARMOR.fullmatch(line):
+                forms |= {line} | _escaped_forms(line)
+    forms |= {_SPACE.sub(" ", form).strip() for form in forms}
+    return {form for form in forms if len(form) >= MIN_SECRET_CHARS}
+
+
+def go_quote(text: str, *, ascii_only: bool = False) -> str:
+    """Go's `strconv.Quote(text)` (`QuoteToASCII` with `ascii_only`) without the outer quotes."""
+    out: list[str] = []
+    for char in text:
+        code = ord(char)
+        if char in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[char])
+        elif char.isprintable() and (code < 0x80 or not ascii_only):
+            out.append(char)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xD800 <= code < 0xE000:  # a lone surrogate is no valid rune: Go writes U+FFFD
+            out.append("\\ufffd")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def json_escape(text: str, *, ascii_only: bool = False, go: bool = False) -> str:
+    """`text` as inside a JSON string: Python's encoder, or Go's (`go`: also `<`, `>`, `&`,
+    U+2028 and U+2029 escaped)."""
+    escaped = json.dumps(text, ensure_ascii=ascii_only)[1:-1]
+    if go:
+        escaped = "".join(_GO_JSON_EXTRA.get(char, char) for char in escaped)
+    return escaped
+
+
+def _escaped_forms(text: str) -> set[str]:
+    def quote(value: str) -> set[str]:
+        return {go_quote(value, ascii_only=ascii_only) for ascii_only in (False, True)}
+
+    def escape(value: str) -> set[str]:
+        return {
+            json_escape(value, ascii_only=ascii_only, go=go)
+            for ascii_only in (False, True)
+            for go in (False, True)
+        }
+
+    quoted, escaped = quote(text), escape(text)
+    # One level of nesting: a Go-quoted value inside a JSON message, and the reverse.
+    nested = {f for q in quoted for f in escape(q)} | {f for e in escaped for f in quote(e)}
+    return quoted | escaped | nested
+
+
+def _base64_forms(data: bytes) -> set[str]:
+    forms: set[str] = set()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        whole = encode(data).decode()
+        forms |= {whole, whole.rstrip("=")}
+        # Inside a longer encoded text, the secret starts at a byte offset of 0, 1 or 2 modulo 3;
+        # keep the characters that encode its bytes alone.
+        for offset in (0, 1, 2):
+            encoded = encode(bytes(offset) + data).decode()
+            first = -(-8 * offset // 6)  # the first character without a filler bit
+            end = 8 * (offset + len(data)) // 6  # past the last one without a trailing bit
+            forms.add(encoded[first:end])
+    return forms

@@ -1,8 +1,10 @@
 """Running programs as bounded subprocesses; what they are and what they print is the caller's.
 
 - never a shell: the argv is handed to the OS as is;
-- at most `max_concurrency` processes run at once; waiting for a slot does not count against a
-  command's time limit;
+- at most `max_concurrency` processes run at once, and at most `max_concurrency_per_tenant` of
+  one tenant (a namespace), so that one tenant's slow commands (long `--wait` timeouts) cannot
+  take every slot. A run first waits for its tenant's slot, holding nothing, then for a global
+  one. Waiting for a slot does not count against a command's time limit;
 - each process leads its own process group. On the time limit, and when the calling task is
   cancelled, the group gets SIGTERM (so the program can clean up), then SIGKILL after a grace
   period, and the process is awaited: none outlives its call;
@@ -22,7 +24,7 @@ import os
 import shlex
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,13 +67,24 @@ class RunResult:
         return self.returncode == 0 and not self.timed_out and not self.exceeded
 
 
+@dataclass
+class _TenantSlots:
+    """One tenant's slots; kept while a run of the tenant holds or waits for one."""
+
+    semaphore: asyncio.Semaphore
+    users: int = 0  # runs holding or waiting for one
+    holding: int = 0
+
+
 class Runner:
-    """Runs programs, at most `max_concurrency` at once."""
+    """Runs programs, at most `max_concurrency` at once and `max_concurrency_per_tenant` of one
+    tenant (default: half of `max_concurrency`, at least one)."""
 
     def __init__(
         self,
         *,
         max_concurrency: int,
+        max_concurrency_per_tenant: int | None = None,
         term_grace_seconds: float = DEFAULT_TERM_GRACE_SECONDS,
         on_finish: OnFinish | None = None,
         max_stdout_bytes: int = DEFAULT_MAX_STDOUT_BYTES,
@@ -80,7 +93,12 @@ class Runner:
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
+        if max_concurrency_per_tenant is None:
+            max_concurrency_per_tenant = max(1, max_concurrency // 2)
+        if max_concurrency_per_tenant < 1:
+            raise ValueError("max_concurrency_per_tenant must be at least 1")
         self.max_concurrency = max_concurrency
+        self.max_concurrency_per_tenant = max_concurrency_per_tenant
         self.term_grace_seconds = term_grace_seconds
         self.on_finish = on_finish
         self.max_stdout_bytes = max_stdout_bytes
@@ -88,6 +106,7 @@ class Runner:
         self.log = logger if logger is not None else logging.getLogger(__name__)
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._tenants: dict[str, _TenantSlots] = {}
         self._in_flight = 0
         self._queued = 0
 
@@ -98,8 +117,13 @@ class Runner:
 
     @property
     def queued(self) -> int:
-        """Runs waiting for a free slot."""
+        """Runs waiting for a free slot (their tenant's or a global one)."""
         return self._queued
+
+    def tenant_in_flight(self, tenant: str) -> int:
+        """Runs of `tenant` holding its slots now (running, or about to get a global slot)."""
+        slots = self._tenants.get(tenant)
+        return 0 if slots is None else slots.holding
 
     async def run(
         self,
@@ -110,22 +134,30 @@ class Runner:
         env: Mapping[str, str],
         stdin: bytes | None = None,
         shown: str | None = None,
+        tenant: str | None = None,
+        cwd: Path | None = None,
     ) -> RunResult:
-        """Run `argv` (program first) with at most `limit` seconds once it has a slot.
+        """Run `argv` (program first) in `cwd` with at most `limit` seconds once it has a slot.
 
         `command` names the run for the hook and the log; `shown` is the command line as logged
-        (the caller scrubs it of secrets; default: `argv` quoted).
+        (the caller scrubs it of secrets; default: `argv` quoted). `tenant` (None: none) bounds
+        the runs of one tenant.
         """
         slots = self._slots()
+        waiting = True
         self._queued += 1
         try:
-            await slots.acquire()
+            async with self._tenant_slot(tenant):  # waiting for it holds no global slot
+                await slots.acquire()
+                waiting = False
+                self._queued -= 1
+                try:
+                    return await self._execute(command, argv, limit, env, stdin, shown, cwd)
+                finally:
+                    slots.release()
         finally:
-            self._queued -= 1
-        try:
-            return await self._execute(command, argv, limit, env, stdin, shown)
-        finally:
-            slots.release()
+            if waiting:  # cancelled while queued
+                self._queued -= 1
 
     def _slots(self) -> asyncio.Semaphore:
         # A semaphore belongs to one event loop; tests (and restarts) run several in turn.
@@ -133,7 +165,33 @@ class Runner:
         if self._semaphore is None or self._semaphore_loop is not loop:
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
             self._semaphore_loop = loop
+            self._tenants = {}
         return self._semaphore
+
+    @contextlib.asynccontextmanager
+    async def _tenant_slot(self, tenant: str | None) -> AsyncIterator[None]:
+        """Hold one of `tenant`'s slots (none: no bound)."""
+        if tenant is None:
+            yield
+            return
+        slots = self._tenants.get(tenant)
+        if slots is None:
+            slots = self._tenants[tenant] = _TenantSlots(
+                asyncio.Semaphore(self.max_concurrency_per_tenant)
+            )
+        slots.users += 1
+        try:
+            async with slots.semaphore:
+                slots.holding += 1
+                try:
+                    yield
+                finally:
+                    slots.holding -= 1
+        finally:
+            # Dropped with its last user: an entry per tenant with runs, not per tenant ever seen.
+            slots.users -= 1
+            if slots.users == 0 and self._tenants.get(tenant) is slots:
+                del self._tenants[tenant]
 
     async def _execute(
         self,
@@ -143,11 +201,13 @@ class Runner:
         env: Mapping[str, str],
         stdin: bytes | None,
         shown: str | None,
+        cwd: Path | None,
     ) -> RunResult:
         started = time.monotonic()
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
+                cwd=cwd,
                 stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,

@@ -119,7 +119,8 @@ class ReleaseContext:
     def timeout_seconds(self) -> float:
         timeout = self.options.timeout
         assert timeout is not None  # helm_options() merges the models' defaults
-        return duration_seconds(timeout)
+        # helm itself is clamped to the operator-wide maximum: so are the waits derived from it.
+        return min(duration_seconds(timeout), self.reconciler.settings.max_helm_timeout_seconds)
 
     @property
     def interval_seconds(self) -> float:
@@ -186,6 +187,7 @@ class ReleaseContext:
             timeout_seconds=timeout_seconds or self.timeout_seconds,
             impersonate=self.impersonate,
             ignore_not_found=True,
+            tenant=self.key.namespace,
         )
 
     async def helm_rollback(self, revision: int | None, wait: bool) -> None:
@@ -197,6 +199,7 @@ class ReleaseContext:
             timeout_seconds=self.timeout_seconds,
             wait=wait,
             impersonate=self.impersonate,
+            tenant=self.key.namespace,
         )
 
     async def read_storage(self) -> Storage | None:

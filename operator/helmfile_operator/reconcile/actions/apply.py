@@ -81,6 +81,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
             credentials=credentials,
             ca_pem=ca_pem,
             redact=ctx.secret_strings,
+            tenant=ctx.key.namespace,  # its own helm cache and its share of helm slots
         )
     except HelmError as error:
         await _failed(ctx, verb, error, time.monotonic() - started, before)
