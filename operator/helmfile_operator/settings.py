@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -26,6 +29,11 @@ class Settings(BaseSettings):
         ge=1,
         description="helm processes of one namespace at once (default: half of "
         "max_concurrent_helm), so one tenant's slow releases leave helm slots to the others.",
+    )
+    work_dir: Path = Field(
+        default_factory=lambda: Path(tempfile.gettempdir()) / f"helmfile-operator-{os.geteuid()}",
+        description="Private files of helm runs (values, credentials: removed after each run, "
+        "and what a killed operator left is removed at start) and each namespace's helm home.",
     )
     max_helm_timeout_seconds: float = Field(
         default=3600.0,

@@ -165,3 +165,26 @@ def test_values_that_are_not_json(tmp_path: Path) -> None:
     assert SECRET not in str(caught.value)
     with pytest.raises(HelmError):
         write_values_file(tmp_path, {"a": float("nan")})
+
+
+def test_files_a_killed_operator_left_are_removed_at_start(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from helmfile_operator.helm.files import run_work_dir
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    runs = tmp_path / "runs"
+    for pid in (dead, str(os.getpid()), "1"):
+        (runs / pid / "helm-x").mkdir(parents=True)
+        (runs / pid / "helm-x" / "values.yaml").write_text("password: hunter2\n")
+
+    mine = run_work_dir(tmp_path)
+
+    assert mine == runs / str(os.getpid())
+    assert list(mine.iterdir()) == []  # a previous incarnation's files are gone
+    assert not (runs / dead).exists()  # a process that no longer exists
+    assert (runs / "1" / "helm-x" / "values.yaml").exists()  # a live process's files stay
+    assert oct(mine.stat().st_mode & 0o777) == "0o700"

@@ -14,6 +14,7 @@ from helmfile_operator import metrics
 from helmfile_operator.api.models import GROUP, VERSION
 from helmfile_operator.controllers.runtime import Controller
 from helmfile_operator.helm import HelmClient
+from helmfile_operator.helm.files import ensure_private_dir, run_work_dir
 from helmfile_operator.kube import Kube
 from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.settings import Settings
@@ -45,6 +46,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         max_concurrency_per_tenant=operator_settings.max_concurrent_helm_per_namespace,
         max_timeout_seconds=operator_settings.max_helm_timeout_seconds,
         on_command=operator_metrics.observe_helm,
+        work_dir=run_work_dir(operator_settings.work_dir),
+        tenant_home_dir=ensure_private_dir(operator_settings.work_dir / "helm-homes"),
     )
     # Fail at start, loudly, when helm is missing or broken — not at the first release.
     helm_version = await helm.version()

@@ -99,6 +99,32 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+def run_work_dir(base: Path) -> Path:
+    """This process's directory for helm's private per-command files, under `base`, after
+    removing what earlier processes left there: a SIGKILL or an OOM kill skips the `finally`
+    that removes values and credential files, and they would stay in the pod's emptyDir.
+
+    Each process works in `base/runs/<pid>`; at start it removes its own pid's directory (a
+    previous incarnation: in a container the operator is always pid 1) and those of processes
+    that no longer exist (several operators may share `base` on one machine)."""
+    runs = ensure_private_dir(ensure_private_dir(base) / "runs")
+    mine = str(os.getpid())
+    for entry in runs.iterdir():
+        if entry.name == mine or not (entry.name.isdigit() and _alive(int(entry.name))):
+            shutil.rmtree(entry, ignore_errors=True)
+    return ensure_private_dir(runs / mine)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
+
+
 def tenant_home(base: Path, tenant: str) -> Path:
     """helm's home (cache, config, data) for `tenant` under `base`, 0700. A namespace name is
     used as it is; anything else by a hash, so that no tenant string can name a path."""
