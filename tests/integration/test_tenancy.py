@@ -150,6 +150,7 @@ def test_one_namespace_stuck_on_long_timeouts_does_not_slow_another(
         started = time.monotonic()
         state = _state(ns, chart_repo.url)
         state["metadata"]["name"] = name
+        state["spec"]["releases"][0]["name"] = name  # its own Helm release
         apply(cluster, state)
         wait_until(
             lambda: (

@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from helmfile_operator.api.models import ChartReference, ChartRepository, SetValue
 from helmfile_operator.render.values import (
     MAX_LIST_INDEX,
+    MAX_PATH_DEPTH,
+    MAX_SET_LIST_ITEMS,
+    PathLimitError,
     apply_set,
+    check_set_growth,
     deep_merge,
     format_path,
     get_path,
@@ -160,7 +164,6 @@ def test_parse_path(path: str, parts: list[str | int]) -> None:
         ("[0]", "key is empty"),
         ("a]", "unexpected"),
         ("a[0]b", "unexpected"),
-        (f"a[{MAX_LIST_INDEX + 1}]", "exceeds"),
     ],
 )
 def test_parse_path_rejects(path: str, problem: str) -> None:
@@ -239,6 +242,44 @@ def test_apply_set_does_not_mutate_or_share() -> None:
 def test_apply_set_invalid_path_names_the_entry() -> None:
     with pytest.raises(ValueError, match=r"set\[1\]: invalid path 'a\.\.b'"):
         apply_set({}, [SetValue(name="ok", value=1), SetValue(name="a..b", value=2)])
+
+
+@pytest.mark.parametrize(
+    ("path", "limit"),
+    [
+        (f"a[{MAX_LIST_INDEX + 1}]", str(MAX_LIST_INDEX)),
+        ("k[99999999]", str(MAX_LIST_INDEX)),
+        ("k[" + "9" * 100_000 + "]", str(MAX_LIST_INDEX)),  # not int() of 100,000 digits
+        (".".join(["k"] * (MAX_PATH_DEPTH + 1)), str(MAX_PATH_DEPTH)),
+        ("k" + "[0]" * MAX_PATH_DEPTH, str(MAX_PATH_DEPTH)),
+    ],
+)
+def test_parse_path_limits(path: str, limit: str) -> None:
+    with pytest.raises(PathLimitError) as error:
+        parse_path(path)
+    assert isinstance(error.value, ValueError)  # what callers of parse_path already catch
+    assert limit in str(error.value)
+    assert len(str(error.value)) < 600  # a long path is not quoted in full
+
+
+def test_parse_path_at_the_limits() -> None:
+    assert parse_path(f"a[{MAX_LIST_INDEX}]") == ["a", MAX_LIST_INDEX]
+    assert parse_path(".".join(["k"] * MAX_PATH_DEPTH)) == ["k"] * MAX_PATH_DEPTH
+
+
+def test_set_entries_add_a_bounded_number_of_list_items() -> None:
+    # Each entry alone is within the limits; together they would add 11 x 10,001 nulls.
+    sets = [SetValue(name=f"k{i}[{MAX_LIST_INDEX}]", value=1) for i in range(11)]
+    assert MAX_LIST_INDEX * 11 > MAX_SET_LIST_ITEMS
+    with pytest.raises(PathLimitError, match=rf"set\[9\]: .*{MAX_SET_LIST_ITEMS}") as error:
+        apply_set({}, sets)
+    assert error.value.entry == 9
+    with pytest.raises(PathLimitError) as checked:
+        check_set_growth(sets)
+    assert checked.value.entry == 9
+    check_set_growth(sets[:9])  # within the limit
+    # Growth is what the paths add: an existing list needs none.
+    assert apply_set({"k0": [0] * (MAX_LIST_INDEX + 1)}, sets[:1])["k0"][-1] == 1
 
 
 # --- get_path -----------------------------------------------------------------------------------

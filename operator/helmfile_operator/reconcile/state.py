@@ -34,7 +34,8 @@ from helmfile_operator.reconcile.context import (
 from helmfile_operator.reconcile.release_context import tenant_identity
 from helmfile_operator.reconcile.values import ValuesSourceError, resolve_values_from
 from helmfile_operator.render.errors import RenderError
-from helmfile_operator.render.state import RenderedState, StateMeta, render_state
+from helmfile_operator.render.state import RenderedState, StateMeta
+from helmfile_operator.rendering import RenderLimitExceeded, render_state_bounded
 
 logger = logging.getLogger("helmfile_operator.state")
 
@@ -107,13 +108,14 @@ async def _render(
             labels=metadata.get("labels") or {},
             annotations=metadata.get("annotations") or {},
         )
-        rendered = render_state(meta, spec, from_config_maps)
+        rendered = await render_state_bounded(meta, spec, from_config_maps)
         await _check_names_are_free(reconciler, key, rendered)
         return rendered
     except ValidationError as error:
         message, reason = describe_validation_error(error), "InvalidSpec"
     except (RenderError, ValuesSourceError) as error:
-        message, reason = str(error), "RenderFailed"
+        message = str(error)
+        reason = "RenderLimitExceeded" if isinstance(error, RenderLimitExceeded) else "RenderFailed"
     stalled = conditions.find(status.conditions, conditions.STALLED)
     status.conditions = conditions.mark_stalled(
         status.conditions, reason, f"{message} (nothing was changed)", generation

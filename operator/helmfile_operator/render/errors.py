@@ -15,6 +15,7 @@ __all__ = [
     "CycleError",
     "InvalidChartError",
     "RenderError",
+    "RenderLimitExceeded",
     "TemplateRenderError",
     "UnknownEnvironmentError",
     "UnknownNeedError",
@@ -36,6 +37,14 @@ class RenderError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}"
+
+
+class RenderLimitExceeded(RenderError):
+    """Rendering would exceed a bound on its time, memory or output (the limits of
+    `render.templates` and `render.values`). The message names the limit, its value and what to
+    change; like every message here, never the content."""
+
+    reason = "RenderLimitExceeded"
 
 
 class TemplateRenderError(RenderError):

@@ -29,14 +29,21 @@ from helmfile_operator.render.errors import (
     ConditionError,
     InvalidChartError,
     RenderError,
+    RenderLimitExceeded,
     UnknownEnvironmentError,
     UnknownNeedError,
     UnknownRepositoryError,
     ValuesError,
     format_names,
 )
-from helmfile_operator.render.templates import render_values_template
-from helmfile_operator.render.values import get_path, merge_all, parse_path
+from helmfile_operator.render.templates import RenderBudget, render_values_template
+from helmfile_operator.render.values import (
+    PathLimitError,
+    check_set_growth,
+    get_path,
+    merge_all,
+    parse_path,
+)
 
 __all__ = [
     "DEFAULT_ENVIRONMENT",
@@ -155,11 +162,19 @@ def _check_chart_name(chart: str, name: str, field: str) -> None:
 
 
 def render_state(
-    meta: StateMeta, spec: HelmfileStateSpec, environment_values_from: Sequence[dict[str, Any]] = ()
+    meta: StateMeta,
+    spec: HelmfileStateSpec,
+    environment_values_from: Sequence[dict[str, Any]] = (),
+    *,
+    budget: RenderBudget | None = None,
 ) -> RenderedState:
     """Render every release of `spec`. `environment_values_from` holds the maps read from the
     selected environment's `valuesFrom` ConfigMaps, in order. Raises a RenderError subclass
-    naming the field at fault."""
+    naming the field at fault; RenderLimitExceeded when a bound is reached, or when `budget`'s
+    time runs out (its clock starts here) or it is stopped. Without a budget, every limit but
+    time applies."""
+    budget = budget if budget is not None else RenderBudget()
+    budget.start()
     environment_name = spec.environment
     environment = _environment(spec)
     environment_values = merge_all([*environment.values, *environment_values_from])
@@ -186,17 +201,26 @@ def render_state(
     # Templates cannot change what they read (immutable sandbox): one copy, so that `values`
     # and `environment.values` are distinct objects and errors name the path the template used.
     values_alias = copy.deepcopy(environment_values)
+    budget.remember(environment_values, values_alias)
     releases = []
     for i, release in enumerate(spec.releases):
         field = f"spec.releases[{i}]"
+        budget.field = field
+        budget.check(field)
         chart = parse_chart(
             release.chart, release.version, spec.repositories, field=f"{field}.chart"
         )
         for k, entry in enumerate(release.set):
             try:
                 parse_path(entry.name)
+            except PathLimitError as error:
+                raise RenderLimitExceeded(f"{field}.set[{k}].name", str(error)) from None
             except ValueError as error:
                 raise ValuesError(f"{field}.set[{k}].name", str(error)) from None
+        try:
+            check_set_growth(release.set)
+        except PathLimitError as error:
+            raise RenderLimitExceeded(f"{field}.set[{error.entry}].name", error.message) from None
         installed = release.installed and _condition(release, environment_values, field)
         values: dict[str, Any] = {}
         if installed:
@@ -213,7 +237,9 @@ def render_state(
                 "values": values_alias,
             }
             rendered = [
-                render_values_template(source, context, where=f"{field}.valuesTemplate[{k}]")
+                render_values_template(
+                    source, context, where=f"{field}.valuesTemplate[{k}]", budget=budget
+                )
                 for k, source in enumerate(release.values_template)
             ]
             values = merge_all([*release.values, *rendered])

@@ -15,9 +15,13 @@ from helmfile_operator.api.models import ChartReference, SetValue
 
 __all__ = [
     "MAX_LIST_INDEX",
+    "MAX_PATH_DEPTH",
+    "MAX_SET_LIST_ITEMS",
     "InvalidValuesError",
+    "PathLimitError",
     "PathPart",
     "apply_set",
+    "check_set_growth",
     "deep_merge",
     "format_path",
     "get_path",
@@ -29,7 +33,14 @@ __all__ = [
 PathPart = str | int
 
 # Like helm's strvals: an index is not an invitation to allocate a list of a billion Nones.
-MAX_LIST_INDEX = 65536
+MAX_LIST_INDEX = 10_000
+# Parts of one path (keys and indexes), as helm's strvals (MaxNestedNameLevel): each `[N]` part
+# may make a list of N+1 items, so depth times index bounds what one entry allocates.
+MAX_PATH_DEPTH = 30
+# List items that all `set` entries of one release may add (the nulls before an index).
+MAX_SET_LIST_ITEMS = 100_000
+# A path is quoted in messages only this far: a megabyte-long name would make a huge message.
+_QUOTED_PATH_CHARS = 80
 
 _DIGITS = re.compile(r"[0-9]+")
 _PATH_HELP = (
@@ -63,8 +74,20 @@ def _merge_into(target: dict[str, Any], override: Mapping[str, Any]) -> None:
             target[key] = copy.deepcopy(value)
 
 
+class PathLimitError(ValueError):
+    """A `set` path, or all `set` entries of a release, exceed a bound (MAX_LIST_INDEX,
+    MAX_PATH_DEPTH, MAX_SET_LIST_ITEMS). `entry` is the position of the entry at fault, when
+    known."""
+
+    def __init__(self, message: str, entry: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.entry = entry
+
+
 def parse_path(dotted: str) -> list[PathPart]:
-    """`a.b\\.c.list[0]` → `["a", "b.c", "list", 0]`. Raises ValueError for an invalid path.
+    """`a.b\\.c.list[0]` → `["a", "b.c", "list", 0]`. Raises ValueError for an invalid path,
+    PathLimitError (a ValueError) for one beyond MAX_LIST_INDEX or MAX_PATH_DEPTH.
 
     A backslash makes the next character literal (`\\.`, `\\[`, `\\\\`)."""
     parts: list[PathPart] = []
@@ -73,6 +96,8 @@ def parse_path(dotted: str) -> list[PathPart]:
         raise ValueError(f"invalid path '': the path is empty; {_PATH_HELP}")
     i = 0
     while True:
+        if len(parts) >= MAX_PATH_DEPTH:
+            raise _depth_error(dotted)
         key: list[str] = []
         while i < length and dotted[i] not in ".[]":
             if dotted[i] == "\\":
@@ -93,10 +118,19 @@ def parse_path(dotted: str) -> list[PathPart]:
             text = dotted[i + 1 : end]
             if not _DIGITS.fullmatch(text):
                 raise _path_error(dotted, i, "a list index must be a non-negative integer")
-            index = int(text)
-            if index > MAX_LIST_INDEX:
-                raise _path_error(dotted, i, f"list index {index} exceeds {MAX_LIST_INDEX}")
-            parts.append(index)
+            # Compared as text first: int() of a million digits is slow (and refused).
+            if len(text.lstrip("0")) > len(str(MAX_LIST_INDEX)) or int(text) > MAX_LIST_INDEX:
+                raise PathLimitError(
+                    _path_message(
+                        dotted,
+                        i,
+                        f"the list index exceeds {MAX_LIST_INDEX}, the largest index a `set` "
+                        "path may use; set the whole list as a value instead",
+                    )
+                )
+            if len(parts) >= MAX_PATH_DEPTH:
+                raise _depth_error(dotted)
+            parts.append(int(text))
             i = end + 1
         if i == length:
             return parts
@@ -108,9 +142,25 @@ def parse_path(dotted: str) -> list[PathPart]:
 
 
 def _path_error(dotted: str, position: int, problem: str) -> ValueError:
-    return ValueError(
-        f"invalid path {dotted!r} (at character {position + 1}): {problem}; {_PATH_HELP}"
+    return ValueError(f"{_path_message(dotted, position, problem)}; {_PATH_HELP}")
+
+
+def _path_message(dotted: str, position: int, problem: str) -> str:
+    return f"invalid path {_quoted(dotted)} (at character {position + 1}): {problem}"
+
+
+def _depth_error(dotted: str) -> PathLimitError:
+    return PathLimitError(
+        f"invalid path {_quoted(dotted)}: it has more than {MAX_PATH_DEPTH} parts (keys and "
+        f"list indexes), the most a `set` path may have; set a map or list as the value of a "
+        "shorter path instead"
     )
+
+
+def _quoted(dotted: str) -> str:
+    if len(dotted) <= _QUOTED_PATH_CHARS:
+        return repr(dotted)
+    return f"{dotted[:_QUOTED_PATH_CHARS]!r}… ({len(dotted)} characters)"
 
 
 def format_path(parts: Sequence[PathPart]) -> str:
@@ -142,18 +192,47 @@ def get_path(values: Mapping[str, Any], dotted: str) -> Any:
 def apply_set(values: Mapping[str, Any], sets: Sequence[SetValue]) -> dict[str, Any]:
     """A copy of `values` with each `set` entry applied in order (like `helm --set`): maps and
     lists are created (or replace scalars) along the path, lists grow with nulls up to an
-    index. Raises ValueError naming the entry for an invalid path."""
+    index. Raises ValueError naming the entry for an invalid path, PathLimitError (a
+    ValueError) when the entries would add more than MAX_SET_LIST_ITEMS list items."""
     result: dict[str, Any] = copy.deepcopy(dict(values))
+    growth = _Growth()
     for position, entry in enumerate(sets):
         try:
             parts = parse_path(entry.name)
+        except PathLimitError as error:
+            raise PathLimitError(f"set[{position}]: {error}", position) from None
         except ValueError as error:
             raise ValueError(f"set[{position}]: {error}") from None
-        _set_in(result, parts, copy.deepcopy(entry.value))
+        try:
+            _set_in(result, parts, copy.deepcopy(entry.value), growth)
+        except PathLimitError as error:
+            raise PathLimitError(f"set[{position}]: {error}", position) from None
     return result
 
 
-def _set_in(root: dict[str, Any], parts: list[PathPart], value: Any) -> None:
+def check_set_growth(sets: Sequence[SetValue]) -> None:
+    """Raise PathLimitError (with `entry`) if `sets` would add more than MAX_SET_LIST_ITEMS list
+    items to some values. Applied to empty values, which need the most: lists already there
+    only make the growth smaller. The paths must be valid (parse_path)."""
+    root: dict[str, Any] = {}
+    growth = _Growth()
+    for position, entry in enumerate(sets):
+        try:
+            _set_in(root, parse_path(entry.name), None, growth)
+        except PathLimitError as error:
+            raise PathLimitError(error.message, position) from None
+
+
+class _Growth:
+    """List items added so far by the `set` entries of one release."""
+
+    __slots__ = ("items",)
+
+    def __init__(self) -> None:
+        self.items = 0
+
+
+def _set_in(root: dict[str, Any], parts: list[PathPart], value: Any, growth: _Growth) -> None:
     container: Any = root
     for position, part in enumerate(parts[:-1]):
         following = parts[position + 1]
@@ -161,12 +240,12 @@ def _set_in(root: dict[str, Any], parts: list[PathPart], value: Any) -> None:
         if isinstance(following, int):
             if not isinstance(child, list):
                 child = []
-                _put(container, part, child)
+                _put(container, part, child, growth)
         elif not isinstance(child, dict):
             child = {}
-            _put(container, part, child)
+            _put(container, part, child, growth)
         container = child
-    _put(container, parts[-1], value)
+    _put(container, parts[-1], value, growth)
 
 
 def _child(container: Any, part: PathPart) -> Any:
@@ -175,11 +254,19 @@ def _child(container: Any, part: PathPart) -> Any:
     return container.get(part)
 
 
-def _put(container: Any, part: PathPart, value: Any) -> None:
+def _put(container: Any, part: PathPart, value: Any, growth: _Growth) -> None:
     # parse_path starts every path with a key, and _set_in makes a list before an index and a
     # dict before a key, so `container` always has the right type here.
     if isinstance(part, int) and part >= len(container):
-        container.extend([None] * (part + 1 - len(container)))
+        added = part + 1 - len(container)
+        growth.items += added
+        if growth.items > MAX_SET_LIST_ITEMS:
+            raise PathLimitError(
+                f"the `set` entries would add more than {MAX_SET_LIST_ITEMS} list items in all "
+                "(the nulls before each index); use smaller indexes, or set whole lists as "
+                "values"
+            )
+        container.extend([None] * added)
     container[part] = value
 
 
