@@ -41,19 +41,27 @@ async def render_state_bounded(
     from_config_maps: Sequence[dict[str, Any]],
     *,
     timeout_seconds: float = RENDER_TIMEOUT_SECONDS,
+    slots: asyncio.Semaphore | None = None,
 ) -> RenderedState:
     """`render_state(meta, spec, from_config_maps)` in a worker thread, within
     `timeout_seconds` of the worker starting (waiting for a free worker does not count).
 
     Raises what render_state raises (a RenderError subclass), and RenderLimitExceeded, naming
     the release being rendered (`spec.releases[3].valuesTemplate[0]`), when the time is up. If
-    the caller is cancelled, the worker is told to stop at its next step."""
+    the caller is cancelled, the worker is told to stop at its next step. `slots` bounds how
+    many renders run at once."""
     budget = RenderBudget(timeout_seconds)
+    if slots is not None:
+        # Renders at once are bounded operator-wide (each may use up to its memory budget); the
+        # slot is held until the worker really ends, even one abandoned after its time limit.
+        await slots.acquire()
     work = asyncio.ensure_future(
         asyncio.to_thread(render_state, meta, spec, from_config_maps, budget=budget)
     )
     # An abandoned worker still ends (with RenderLimitExceeded): retrieve that, unlogged.
     work.add_done_callback(_retrieve)
+    if slots is not None:
+        work.add_done_callback(lambda _: slots.release())
     try:
         while True:
             deadline = budget.deadline  # set by the worker as it starts

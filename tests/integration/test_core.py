@@ -293,3 +293,49 @@ def test_values_from_a_secret_reach_helm_and_nothing_else(
         operator.log(),
     ):
         assert token not in text
+
+
+def test_progress_is_visible_while_helm_waits(
+    cluster: Cluster, chart_repo: ChartRepo, operator: OperatorProcess, namespace: str
+) -> None:
+    """During a slow `--wait` (the pod can only start once a node gets a label), the release
+    says what helm is doing, the state says which release is in progress, and an Event tells."""
+    label = f"hfo-progress-{uuid.uuid4().hex[:6]}"
+    slow = _release("slow", values=[{"nodeSelector": {label: "yes"}}], helm={"timeout": "120s"})
+    apply(cluster, _demo_state(namespace, chart_repo.url, [slow]))
+
+    def installing() -> dict[str, Any] | None:
+        got = cluster.run(
+            "kubectl", "get", "hfr", "demo-slow", "-n", namespace, "-o", "json", check=False
+        )
+        if got.returncode != 0:
+            return None
+        body = json.loads(got.stdout)
+        reconciling = condition(body, "Reconciling")
+        return body if reconciling and reconciling["reason"] == "Installing" else None
+
+    body = wait_until(installing, timeout=60, message="the release to say it is installing")
+    try:
+        assert helm_releases(cluster, namespace)["slow"]["status"] == "pending-install"
+        assert condition(body, "Ready")["status"] == "Unknown"  # type: ignore[index]
+        progress = body["status"]["inProgress"]
+        assert progress["action"] == "install" and progress["chartVersion"] == "0.1.0"
+        assert progress["startedAt"]
+        wait_until(
+            lambda: "demo-slow (Installing)"
+            in (condition(cluster.kubectl_json("get", "hfs", "demo", "-n", namespace),
+                          "Reconciling") or {}).get("message", ""),
+            timeout=30,
+            message="the state's summary to name the release in progress",
+        )  # fmt: skip
+        events = cluster.kubectl_json("get", "events", "-n", namespace)["items"]
+        assert any(e["reason"] == "Installing" for e in events)
+    finally:
+        cluster.run("kubectl", "label", "node", "kwok-node-0", f"{label}=yes")
+    try:
+        wait_for_condition(cluster, "hfr/demo-slow", namespace, "Ready", timeout=150)
+        done = cluster.kubectl_json("get", "hfr", "demo-slow", "-n", namespace)
+        assert "inProgress" not in done["status"]
+        assert condition(done, "Reconciling") is None
+    finally:
+        cluster.run("kubectl", "label", "node", "kwok-node-0", f"{label}-")

@@ -596,8 +596,10 @@ async def test_deletion_uninstalls_then_drops_the_finalizer(world: World) -> Non
     assert world.kube.storage(TARGET, "web") == {}
     assert world.kube.obj(RELEASES, NAMESPACE, "web") is None  # finalizer dropped: gone
     new = world.kube.writes[writes:]
-    assert [w.verb for w in new] == ["patch_metadata"]  # no status write on a vanishing object
-    assert new[0].payload == {"finalizers": None}
+    # "Uninstalling" while helm runs; after that no status write on a vanishing object.
+    assert [w.verb for w in new] == ["patch_status", "patch_metadata"]
+    assert condition(new[0].payload, "Reconciling")["reason"] == "Uninstalling"  # type: ignore[index]
+    assert new[1].payload == {"finalizers": None}
     assert world.pending_delay(key()) is None
 
 

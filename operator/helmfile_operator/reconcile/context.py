@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -146,6 +147,8 @@ class Reconciler:
     events: EventRecorder = field(default_factory=lambda: EventRecorder(None))
     manifests: ManifestCache = field(default_factory=ManifestCache)
     metrics: Metrics = field(default_factory=Metrics)
+    # Renders of states at once: each may use up to its memory budget (render/templates.py).
+    render_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
     def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the object (posted in the background, de-duplicated)."""

@@ -218,6 +218,14 @@ class ReleaseContext:
         if self.requeue_after is None or seconds < self.requeue_after:
             self.requeue_after = max(seconds, 0.0)
 
+    async def starting(self, reason: str, message: str) -> None:
+        """Before a helm command that may take minutes: Reconciling=True with `reason`
+        (Installing, Upgrading, RollingBack, Uninstalling), Ready=Unknown, an Event — written
+        now, so that the status does not show the previous Ready while helm waits."""
+        self.reconciling(reason, message)
+        self.event("Normal", reason, message)
+        await self.flush()
+
     async def flush(self) -> None:
         """Write the status fields that changed since the last read or write (none: no call)."""
         self.status.observed_generation = self.generation

@@ -39,6 +39,9 @@ from helmfile_operator.rendering import RenderLimitExceeded, render_state_bounde
 
 logger = logging.getLogger("helmfile_operator.state")
 
+# Reconciling reasons of a release while a helm command runs for it.
+HELM_IN_PROGRESS = frozenset({"Installing", "Upgrading", "RollingBack", "Uninstalling"})
+
 
 async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     kube = reconciler.kube
@@ -108,7 +111,9 @@ async def _render(
             labels=metadata.get("labels") or {},
             annotations=metadata.get("annotations") or {},
         )
-        rendered = await render_state_bounded(meta, spec, from_config_maps)
+        rendered = await render_state_bounded(
+            meta, spec, from_config_maps, slots=reconciler.render_slots
+        )
         await _check_names_are_free(reconciler, key, rendered)
         return rendered
     except ValidationError as error:
@@ -261,7 +266,10 @@ def _summarise(
             stalled.append(child["metadata"]["name"])
         else:
             counts.pending += 1
-            not_ready.append(child["metadata"]["name"])
+            reconciling = conditions.find(child_status.conditions, conditions.RECONCILING)
+            running = reconciling.reason if reconciling else ""
+            name = child["metadata"]["name"]
+            not_ready.append(f"{name} ({running})" if running in HELM_IN_PROGRESS else name)
     status.releases = summaries
     status.counts = counts
     if not rendered:

@@ -67,8 +67,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
         revision_before=before,
         chart_version=ctx.spec.chart.version,
     )
-    ctx.reconciling(PROGRESSING[verb], f"{PROGRESSING[verb].lower()} {target}")
-    await ctx.flush()
+    await ctx.starting(PROGRESSING[verb], f"{PROGRESSING[verb].lower()} {target}")
     started = time.monotonic()
     try:
         result = await ctx.reconciler.helm.upgrade_install(

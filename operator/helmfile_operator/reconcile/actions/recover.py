@@ -15,9 +15,11 @@ async def recover(ctx: ReleaseContext) -> None:
     locked = ctx.storage.head
     last_good = ctx.storage.last_deployed(below=locked.number)
     if last_good is None:
+        await ctx.starting("Uninstalling", f"recovering from {locked.status}: uninstalling")
         await ctx.helm_uninstall()
         done = "uninstalled it (no revision was ever deployed)"
     else:
+        await ctx.starting("RollingBack", f"recovering from {locked.status}: to {last_good}")
         await ctx.helm_rollback(last_good, wait=False)
         done = f"rolled back to revision {last_good}"
     ctx.status.in_progress = None

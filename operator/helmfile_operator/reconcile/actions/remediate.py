@@ -22,10 +22,12 @@ async def remediate(
     last_good = storage.last_deployed(below=storage.revision)
     try:
         if failed == "install" and last_good is None:
+            await ctx.starting("Uninstalling", "uninstalling the failed install")
             await ctx.helm_uninstall()
             action, message = "Uninstalled", "uninstalled the failed install"
             ctx.status.revision = None
         elif ctx.options.atomic and last_good is not None:
+            await ctx.starting("RollingBack", f"rolling back the failed upgrade to {last_good}")
             await ctx.helm_rollback(last_good, wait=bool(ctx.options.wait))
             action, message = "RolledBack", f"rolled back to revision {last_good}"
         else:

@@ -8,6 +8,7 @@ from helmfile_operator.reconcile.release_context import ReleaseContext
 
 async def uninstall(ctx: ReleaseContext, why: str) -> None:
     """Raises HelmError when helm fails: the caller decides between retry and Stalled."""
+    await ctx.starting("Uninstalling", f"uninstalling {ctx.spec.release_name} ({why})")
     try:
         await ctx.helm_uninstall(ctx.reconciler.settings.uninstall_timeout_seconds)
     except HelmError:
