@@ -19,10 +19,11 @@ testbin: ## build the control-plane, kwok and helm binaries from Go modules (cac
 	@hack/testbin >/dev/null
 
 .PHONY: generate
-generate: deps ## regenerate crds/ (and the chart's copy) and docs/api.md from the models
+generate: deps ## regenerate crds/ (and the chart's copy), schemas/ and docs/api.md from the models
 	$(VENV)/helmfile-operator crds --output-dir crds
 	$(VENV)/helmfile-operator crds --output-dir charts/helmfile-operator/crds
 	$(VENV)/helmfile-operator docs --output docs/api.md
+	$(VENV)/helmfile-operator schema --output-dir schemas
 
 .PHONY: lint
 lint: deps ## ruff lint and format check

@@ -1,4 +1,4 @@
-"""The `helmfile-operator` command: run the operator, print CRDs, regenerate docs."""
+"""The `helmfile-operator` command: run the operator, print CRDs and JSON Schemas, write docs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,20 @@ def _crds(args: argparse.Namespace) -> int:
     files = crd_files()
     if args.output_dir is None:
         sys.stdout.write("---\n".join(files.values()))
+        return 0
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (args.output_dir / name).write_text(text)
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from helmfile_operator.api.schema import schema_files
+
+    files = schema_files()
+    if args.output_dir is None:
+        # One JSON document after the other, as `jq` reads a stream.
+        sys.stdout.write("".join(files.values()))
         return 0
     args.output_dir.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -82,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     crds = commands.add_parser("crds", help="print (or write) the CustomResourceDefinitions")
     crds.add_argument("--output-dir", type=Path, help="write one file per CRD into this directory")
     crds.set_defaults(handler=_crds)
+
+    schema = commands.add_parser(
+        "schema", help="print (or write) JSON Schemas of both kinds, for editors and linters"
+    )
+    schema.add_argument(
+        "--output-dir",
+        type=Path,
+        help="write helmfilestate.json and helmfilerelease.json into this directory",
+    )
+    schema.set_defaults(handler=_schema)
 
     docs = commands.add_parser("docs", help="print (or write) the API reference in Markdown")
     docs.add_argument("--output", type=Path, help="write to this file instead of stdout")

@@ -52,6 +52,14 @@ def only(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found
 
 
+def operator_cluster_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The operator's own ClusterRole (the chart also renders the aggregated `view` one)."""
+    (role,) = [
+        o for o in find(objects, "ClusterRole") if o["metadata"]["name"] == "hfo-helmfile-operator"
+    ]
+    return role
+
+
 def rules_of(role: dict[str, Any]) -> set[tuple[str, str, str]]:
     """(apiGroup, resource, verb) triples a Role or ClusterRole grants."""
     return {
@@ -113,7 +121,8 @@ def test_schema_rejects_bad_values(cluster: Cluster, flag: str) -> None:
 def test_cluster_wide_rendering(cluster: Cluster) -> None:
     objects = render(cluster)
     assert sorted(o["kind"] for o in objects) == [
-        "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount",
+        "ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
+        "ServiceAccount",
     ]  # fmt: skip
     deployment = only(objects, "Deployment")
     spec = deployment["spec"]
@@ -146,7 +155,7 @@ def test_cluster_wide_rendering(cluster: Cluster) -> None:
     ]
     account = only(objects, "ServiceAccount")["metadata"]["name"]
     assert pod["serviceAccountName"] == account
-    role = only(objects, "ClusterRole")
+    role = operator_cluster_role(objects)
     assert rules_of(role) == OPERATOR_RULES | CRD_RULES
     binding = only(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
@@ -172,7 +181,7 @@ def test_namespaced_rendering(cluster: Cluster) -> None:
     }
     assert bindings == set(roles)
     # Cluster-wide, only kopf's reads: CRDs (re-discovery) and namespaces (which exist).
-    cluster_role = only(objects, "ClusterRole")
+    cluster_role = operator_cluster_role(objects)
     assert rules_of(cluster_role) == CRD_RULES | {
         ("", "namespaces", verb) for verb in ("get", "list", "watch")
     }

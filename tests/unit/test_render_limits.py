@@ -350,14 +350,16 @@ async def test_time_limit_stops_a_cpu_heavy_template_and_the_loop_keeps_running(
     started = time.monotonic()
     try:
         with pytest.raises(RenderLimitExceeded) as error:
-            await render_state_bounded(META, slow_spec(), [], timeout_seconds=1.0)
+            await render_state_bounded(META, slow_spec(), [], timeout_seconds=3.0)
     finally:
         stop.set()
         await ticking
     elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 2.5  # the template stopped itself at its next step
-    _check_message(error.value, WHERE, 1, "time limit")
-    assert max(gaps) < 0.5  # the event loop was never blocked
+    # Generous bounds: the machine may be busy (the three ordinary releases must fit in the
+    # time limit, and "promptly" is measured against it).
+    assert 3.0 <= elapsed < 6.0  # the template stopped itself at its next step
+    _check_message(error.value, WHERE, 3, "time limit")
+    assert max(gaps) < 1.5  # the event loop was never blocked (a render would block it for 3s)
 
 
 async def test_a_worker_that_does_not_stop_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:

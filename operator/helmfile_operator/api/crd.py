@@ -78,6 +78,37 @@ def _structural(node: Any, defs: dict[str, Schema]) -> Any:
     return result
 
 
+def _scalar_text(value: Any) -> str | None:
+    """A default as it is written in YAML, or None for a default not worth stating."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) or (isinstance(value, str) and value):
+        return str(value)
+    return None  # empty strings, lists and maps: "empty" needs no sentence
+
+
+def describe_defaults(node: Any) -> Any:
+    """Appends "Default: `x`." to the description of every schema with a scalar default:
+    `kubectl explain` shows descriptions but not defaults, and a sentence the generator writes
+    cannot disagree with the default the API server applies."""
+    if isinstance(node, list):
+        return [describe_defaults(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result: Schema = {}
+    for key, value in node.items():
+        if key in ("properties", "$defs"):
+            result[key] = {name: describe_defaults(schema) for name, schema in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"):
+            result[key] = describe_defaults(value)
+        else:
+            result[key] = value
+    text = _scalar_text(result.get("default"))
+    if text is not None and "description" in result and "Default:" not in result["description"]:
+        result["description"] = f"{result['description']} Default: `{text}`."
+    return result
+
+
 def openapi_schema(model: type[BaseModel]) -> Schema:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     schema: Schema = _structural(raw, raw.get("$defs", {}))
@@ -93,9 +124,18 @@ def _rule(rule: str, message: str, field_path: str | None = None) -> Schema:
     return entry
 
 
-# A CRD may declare only `name` and `generateName` of the metadata. `name` is declared so that a
-# root rule's fieldPath can point at it: the error then names `metadata.name` instead of `<nil>`.
-_METADATA: Schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+# A CRD may declare only `name` and `generateName` of the metadata, and no description of it (the
+# API server publishes ObjectMeta's own). `name` is declared so that a root rule's fieldPath can
+# point at it: the error then names `metadata.name` instead of `<nil>`.
+_METADATA: Schema = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "description": "Name of the object."}},
+}
+# `kubectl explain` shows these for the top-level fields; the models describe everything below.
+# The JSON Schemas (schema.py), which may describe `metadata`, use them too.
+METADATA_DESCRIPTION = "Standard object metadata: name, namespace, labels, annotations."
+SPEC_DESCRIPTION = "What to deploy: the desired state, written by users."
+STATUS_DESCRIPTION = "What the operator observed and did; written by the operator only."
 
 # Rules on the whole object, by kind: only there may CEL read `metadata.name`.
 ROOT_RULES: dict[str, list[Schema]] = {
@@ -148,10 +188,10 @@ def _crd(
     status: type[BaseModel],
     columns: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    spec_schema = openapi_schema(spec)
-    spec_schema.pop("description", None)
+    spec_schema = describe_defaults(openapi_schema(spec))
+    spec_schema["description"] = SPEC_DESCRIPTION  # the model's docstring describes the kind
     status_schema = openapi_schema(status)
-    status_schema.pop("description", None)
+    status_schema["description"] = STATUS_DESCRIPTION
     if kind == "HelmfileState":
         # Release names are unique within a state: a list-map gives a native, cheap check.
         releases = spec_schema["properties"]["releases"]
@@ -194,8 +234,11 @@ def _crd(
                             "description": (spec.__doc__ or kind).strip().splitlines()[0],
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": f"Always `{GROUP}/{VERSION}`.",
+                                },
+                                "kind": {"type": "string", "description": f"Always `{kind}`."},
                                 "metadata": copy.deepcopy(_METADATA),
                                 "spec": spec_schema,
                                 "status": status_schema,

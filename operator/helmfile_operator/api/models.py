@@ -73,23 +73,42 @@ class Model(BaseModel):
 
 # --- shared pieces -----------------------------------------------------------------------------
 
+# The RFC 3339 UTC timestamps the operator writes into status fields.
+_TIMESTAMP = "RFC 3339 UTC timestamp, e.g. `2024-05-01T12:00:00Z`"
+_DIGEST = "`sha256:<hex>` of the chart (repository URL, name, version) and the final values"
+
 
 class ValuesReference(Model):
     """Values read from a ConfigMap or Secret key at helm time; Secret data never reaches a CR."""
 
-    kind: Literal["ConfigMap", "Secret"]
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(default="values.yaml", min_length=1)
+    kind: Literal["ConfigMap", "Secret"] = Field(
+        description="Kind of the object holding the values: `ConfigMap` or `Secret`."
+    )
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Name of the ConfigMap or Secret, in the namespace of the object.",
+    )
+    key: str = Field(
+        default="values.yaml",
+        min_length=1,
+        description="Data key holding a YAML map of values.",
+    )
     optional: bool = Field(
-        default=False, description="A missing object or key is skipped instead of an error."
+        default=False,
+        description="A missing object or key is skipped instead of an error.",
     )
 
 
 class SetValue(Model):
     """One value at a dotted path, applied after every other source (like `helm --set`)."""
 
-    name: str = Field(min_length=1, description="Dotted path, e.g. `model.threshold`.")
-    value: Any = Field(description="Any JSON value; strings stay strings.")
+    name: str = Field(
+        min_length=1,
+        description="Dotted path, e.g. `model.threshold`; `\\.` escapes a dot inside a key and "
+        "`[N]` indexes a list (`hosts[0].name`).",
+    )
+    value: Any = Field(description="Any JSON value; strings stay strings (no type guessing).")
 
 
 class DriftMode(StrEnum):
@@ -99,10 +118,16 @@ class DriftMode(StrEnum):
 
 
 class DriftIgnoreTarget(Model):
-    kind: str | None = None
-    name: str | None = None
-    namespace: str | None = None
-    labels: dict[str, str] | None = None
+    """Which released objects an ignore rule applies to: all given fields must match."""
+
+    kind: str | None = Field(default=None, description="Object kind, e.g. `Deployment`.")
+    name: str | None = Field(
+        default=None, description="Object name; a glob (`web-*`) matches several."
+    )
+    namespace: str | None = Field(default=None, description="Namespace of the object.")
+    labels: dict[str, str] | None = Field(
+        default=None, description="Labels the object must carry, each with this value."
+    )
 
 
 class DriftIgnoreRule(Model):
@@ -119,22 +144,39 @@ class DriftIgnoreRule(Model):
 class DriftDetection(Model):
     """`warn` records drift; `correct` also restores the objects from the release manifest."""
 
-    mode: DriftMode = DriftMode.DISABLED
-    ignore: list[DriftIgnoreRule] = Field(default_factory=list)
+    mode: DriftMode = Field(
+        default=DriftMode.DISABLED,
+        description="`disabled`: no check; `warn`: compare the live objects with the release "
+        "manifest on every interval and report differences; `correct`: also re-apply the "
+        "manifest.",
+    )
+    ignore: list[DriftIgnoreRule] = Field(
+        default_factory=list, description="Differences that are not drift (e.g. autoscaled fields)."
+    )
 
 
 class HelmOptions(Model):
     """Options of `helm upgrade --install`; per-release fields override the state's helmDefaults."""
 
-    wait: bool | None = Field(default=None, description="Wait until resources are ready.")
-    wait_for_jobs: bool | None = None
+    wait: bool | None = Field(
+        default=None,
+        description="Wait until the release's resources are ready before it counts as deployed. "
+        "Default: `true`.",
+    )
+    wait_for_jobs: bool | None = Field(
+        default=None,
+        description="With `wait`, also wait until the release's Jobs have completed. "
+        "Default: `false`.",
+    )
     atomic: bool | None = Field(
         default=None,
-        description="The operator rolls back a failed upgrade (a failed install is uninstalled).",
+        description="The operator rolls back a failed upgrade (a failed install is uninstalled). "
+        "Default: `true`.",
     )
     timeout: Duration | None = Field(
         default=None,
-        description=f"helm's --timeout, at most {MAX_HELM_TIMEOUT} (the operator may cap it).",
+        description=f"helm's --timeout for one action, a Go duration (`300s`, `10m`), at most "
+        f"{MAX_HELM_TIMEOUT}; the operator may cap it lower. Default: `300s`.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
@@ -145,10 +187,21 @@ class HelmOptions(Model):
             ]
         },
     )
-    create_namespace: bool | None = None
-    history_max: int | None = Field(default=None, ge=0)
+    create_namespace: bool | None = Field(
+        default=None,
+        description="Create the target namespace if it does not exist (the ServiceAccount helm "
+        "runs as needs the right to). Default: `true`.",
+    )
+    history_max: int | None = Field(
+        default=None,
+        ge=0,
+        description="Revisions helm keeps per release (`0`: no limit). Default: `10`.",
+    )
     retries: int | None = Field(
-        default=None, ge=0, description="Failed attempts of one spec before the release is Stalled."
+        default=None,
+        ge=0,
+        description="Retries of a failed install/upgrade of the same spec before the release is "
+        "Stalled (transient errors are retried without limit). Default: `3`.",
     )
 
     @field_validator("timeout")
@@ -184,57 +237,112 @@ def merge_helm_options(*layers: HelmOptions | None) -> HelmOptions:
 
 
 class Repository(Model):
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    """A chart repository that releases name as `<name>/<chart>`."""
+
+    name: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Name that `chart: <name>/<chart>` refers to (a DNS label).",
+    )
     url: str = Field(
         pattern=r"^(https?|oci)://.+",
         description="`http(s)://` chart repository or `oci://` prefix.",
     )
     secret_ref: str | None = Field(
-        default=None, description="Secret with `username` and `password` (same namespace)."
+        default=None,
+        description="Secret with `username` and `password` (same namespace). Default: none "
+        "(anonymous).",
     )
-    ca_secret_ref: str | None = Field(default=None, description="Secret with `ca.crt`.")
-    insecure_skip_tls_verify: bool = False
+    ca_secret_ref: str | None = Field(
+        default=None,
+        description="Secret with `ca.crt`, a PEM bundle trusted for the repository's TLS "
+        "certificate (same namespace). Default: the system's CAs.",
+    )
+    insecure_skip_tls_verify: bool = Field(
+        default=False,
+        description="Do not verify the repository's TLS certificate.",
+    )
 
 
 class EnvironmentValuesReference(ValuesReference):
     """Environment values feed templates whose output is stored in HelmfileRelease specs, so they
     may only come from ConfigMaps: Secret data belongs in a release's `valuesFrom`."""
 
-    kind: Literal["ConfigMap"]
+    kind: Literal["ConfigMap"] = Field(
+        description="Always `ConfigMap`: environment values end up in HelmfileRelease specs."
+    )
 
 
 class Environment(Model):
-    values: list[Values] = Field(default_factory=list)
-    values_from: list[EnvironmentValuesReference] = Field(default_factory=list)
+    """One named set of values that templates (`environment.values`) and `condition` read."""
+
+    values: list[Values] = Field(
+        default_factory=list,
+        description="Maps of values, merged in order (later ones win, maps merge key by key).",
+    )
+    values_from: list[EnvironmentValuesReference] = Field(
+        default_factory=list,
+        description="ConfigMap keys holding more values, merged after `values`, in order.",
+    )
 
 
 class ReleaseTemplate(Model):
     """One release of a state, before rendering."""
 
-    name: str = Field(pattern=DNS_LABEL, max_length=HELM_RELEASE_NAME_MAX)
+    name: str = Field(
+        pattern=DNS_LABEL,
+        max_length=HELM_RELEASE_NAME_MAX,
+        description="Helm release name, unique within the state (a DNS label, at most 53 "
+        "characters); the HelmfileRelease is named `<state>-<name>`.",
+    )
     namespace: str | None = Field(
-        default=None, pattern=DNS_LABEL, max_length=63, description="Default: the state's."
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace the release is installed into. Default: the state's.",
     )
     chart: str = Field(
         min_length=1, description="`<repository>/<chart>` or a full `oci://` reference."
     )
-    version: str | None = Field(default=None, description="Exact version or semver range.")
+    version: str | None = Field(
+        default=None,
+        description="Exact version or semver range. Default: the latest version.",
+    )
     condition: str | None = Field(
-        default=None, description="Path into environment values, e.g. `redis.enabled`."
+        default=None,
+        description="Path into environment values, e.g. `redis.enabled`, that must be `true` or "
+        "`false`; `false` uninstalls the release. Default: always installed.",
     )
-    labels: dict[str, str] = Field(default_factory=dict)
-    values: list[Values] = Field(default_factory=list)
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Free-form labels that templates read as `release.labels`.",
+    )
+    values: list[Values] = Field(
+        default_factory=list,
+        description="Maps of chart values, merged in order (later ones win).",
+    )
     values_template: list[str] = Field(
-        default_factory=list, description="Jinja2 templates rendering to YAML maps."
+        default_factory=list,
+        description="Jinja2 templates rendering to YAML maps, merged after `values`, in order.",
     )
-    values_from: list[ValuesReference] = Field(default_factory=list)
-    set: list[SetValue] = Field(default_factory=list)
+    values_from: list[ValuesReference] = Field(
+        default_factory=list,
+        description="ConfigMap or Secret keys read at helm time, merged after the rendered values.",
+    )
+    set: list[SetValue] = Field(
+        default_factory=list, description="Single values set last, like `helm --set`."
+    )
     needs: list[str] = Field(
         default_factory=list, description="Releases installed first: `name` or `namespace/name`."
     )
     installed: bool = Field(default=True, description="`false` uninstalls the release.")
-    helm: HelmOptions | None = Field(default=None, description="Overrides of helmDefaults.")
-    drift_detection: DriftDetection | None = None
+    helm: HelmOptions | None = Field(
+        default=None, description="Overrides of helmDefaults for this release."
+    )
+    drift_detection: DriftDetection | None = Field(
+        default=None,
+        description="Drift detection of this release. Default: the state's `driftDetection`.",
+    )
 
 
 class DeletionPolicy(StrEnum):
@@ -246,7 +354,8 @@ class HelmfileStateSpec(Model):
     """HelmfileState: many Helm releases with environments, templated values and `needs` order."""
 
     environment: str = Field(
-        default="default", description="Which entry of `environments` applies."
+        default="default",
+        description="Which entry of `environments` applies; `default` needs no entry.",
     )
     environments: dict[str, Environment] = Field(
         default_factory=dict, description="Named value sets that templates and `condition` read."
@@ -258,7 +367,9 @@ class HelmfileStateSpec(Model):
         default=None, description="helm options for every release (each release may override)."
     )
     interval: Duration = Field(
-        default="10m", description="Resync period of every release (and of its drift check)."
+        default="10m",
+        description="Resync period of every release (and of its drift check), a Go duration "
+        "(`30s`, `10m`, `1h`).",
     )
     suspend: bool = Field(
         default=False,
@@ -268,14 +379,23 @@ class HelmfileStateSpec(Model):
         default=None,
         pattern=DNS_SUBDOMAIN,
         max_length=DNS_SUBDOMAIN_MAX,
-        description="helm runs impersonating this ServiceAccount of the state's namespace.",
+        description="helm runs impersonating this ServiceAccount of the state's namespace. "
+        "Default: the operator's default ServiceAccount (normally the namespace's `default`).",
     )
-    drift_detection: DriftDetection | None = None
+    drift_detection: DriftDetection | None = Field(
+        default=None,
+        description="Drift detection of every release (a release's own setting wins). "
+        "Default: disabled.",
+    )
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.UNINSTALL,
         description="`Keep` leaves the Helm releases installed when the state is deleted.",
     )
-    releases: list[ReleaseTemplate] = Field(default_factory=list, max_length=MAX_RELEASES)
+    releases: list[ReleaseTemplate] = Field(
+        default_factory=list,
+        max_length=MAX_RELEASES,
+        description=f"The releases, one HelmfileRelease each (at most {MAX_RELEASES}).",
+    )
 
     @field_validator("releases")
     @classmethod
@@ -297,21 +417,42 @@ class HelmfileStateSpec(Model):
 
 
 class ChartRepository(Model):
-    url: str = Field(pattern=r"^(https?|oci)://.+")
-    secret_ref: str | None = None
-    ca_secret_ref: str | None = None
-    insecure_skip_tls_verify: bool = False
+    """Where the chart comes from (copied from the state's `repositories`)."""
+
+    url: str = Field(
+        pattern=r"^(https?|oci)://.+",
+        description="`http(s)://` chart repository or `oci://` prefix.",
+    )
+    secret_ref: str | None = Field(
+        default=None,
+        description="Secret with `username` and `password` (same namespace). Default: none "
+        "(anonymous).",
+    )
+    ca_secret_ref: str | None = Field(
+        default=None,
+        description="Secret with `ca.crt`, a PEM bundle trusted for the repository's TLS "
+        "certificate (same namespace). Default: the system's CAs.",
+    )
+    insecure_skip_tls_verify: bool = Field(
+        default=False,
+        description="Do not verify the repository's TLS certificate.",
+    )
 
 
 class ChartReference(Model):
-    repository: ChartRepository
+    """A chart: its repository, name and version."""
+
+    repository: ChartRepository = Field(description="The repository holding the chart.")
     name: str = Field(
         min_length=1,
         max_length=CHART_NAME_MAX,
         pattern=CHART_NAME,
         description="The chart's name in the repository (no path, no URL).",
     )
-    version: str | None = None
+    version: str | None = Field(
+        default=None,
+        description="Exact version or semver range. Default: the latest version.",
+    )
 
     @property
     def is_oci(self) -> bool:
@@ -321,29 +462,48 @@ class ChartReference(Model):
 class HelmfileReleaseSpec(Model):
     """HelmfileRelease: one Helm release, rendered from a HelmfileState or written by hand."""
 
-    release_name: str = Field(pattern=DNS_LABEL, max_length=HELM_RELEASE_NAME_MAX)
-    target_namespace: str = Field(pattern=DNS_LABEL, max_length=63)
-    chart: ChartReference
+    release_name: str = Field(
+        pattern=DNS_LABEL,
+        max_length=HELM_RELEASE_NAME_MAX,
+        description="Helm release name (a DNS label, at most 53 characters).",
+    )
+    target_namespace: str = Field(
+        pattern=DNS_LABEL, max_length=63, description="Namespace the release is installed into."
+    )
+    chart: ChartReference = Field(description="The chart to install.")
     values: Values = Field(
         default_factory=dict, description="Rendered values. Never holds data read from Secrets."
     )
-    values_from: list[ValuesReference] = Field(default_factory=list)
-    set: list[SetValue] = Field(default_factory=list)
-    helm: HelmOptions | None = None
+    values_from: list[ValuesReference] = Field(
+        default_factory=list,
+        description="ConfigMap or Secret keys read at helm time, merged over `values`, in order.",
+    )
+    set: list[SetValue] = Field(
+        default_factory=list, description="Single values set last, like `helm --set`."
+    )
+    helm: HelmOptions | None = Field(
+        default=None, description="helm options; unset fields take the defaults shown there."
+    )
     needs: list[str] = Field(
         default_factory=list,
         description="HelmfileRelease names (same namespace) to be Ready first.",
     )
     installed: bool = Field(default=True, description="`false` uninstalls and keeps it so.")
     suspend: bool = Field(default=False, description="No helm action while `true`.")
-    interval: Duration = Field(default="10m", description="Resync period.")
+    interval: Duration = Field(
+        default="10m",
+        description="Resync period (and drift check period), a Go duration (`30s`, `10m`, `1h`).",
+    )
     service_account_name: str | None = Field(
         default=None,
         pattern=DNS_SUBDOMAIN,
         max_length=DNS_SUBDOMAIN_MAX,
-        description="helm runs impersonating this ServiceAccount (same namespace).",
+        description="helm runs impersonating this ServiceAccount (same namespace). Default: the "
+        "operator's default ServiceAccount (normally the namespace's `default`).",
     )
-    drift_detection: DriftDetection | None = None
+    drift_detection: DriftDetection | None = Field(
+        default=None, description="Drift detection of this release. Default: disabled."
+    )
 
     def helm_options(self) -> HelmOptions:
         return merge_helm_options(DEFAULT_HELM_OPTIONS, self.helm)
@@ -353,119 +513,187 @@ class HelmfileReleaseSpec(Model):
 
 
 class Condition(Model):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
+    """A kstatus condition (`kubectl wait --for=condition=Ready` reads them)."""
+
+    type: str = Field(description="Condition type, e.g. `Ready`.")
+    status: Literal["True", "False", "Unknown"] = Field(description="`True`, `False` or `Unknown`.")
+    reason: str = Field(description="CamelCase reason, e.g. `Upgraded` or `NeedsNotReady`.")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: str = Field(description=f"When `status` last changed: {_TIMESTAMP}.")
+    observed_generation: int | None = Field(
+        default=None, description="`metadata.generation` the condition was set for."
+    )
 
 
 class LastAttempt(Model):
-    action: str
-    digest: str
-    result: Literal["succeeded", "failed"]
-    duration_seconds: float
-    time: str
-    message: str = ""
+    """The last install or upgrade the operator ran."""
+
+    action: str = Field(description="`install` or `upgrade`.")
+    digest: str = Field(description=f"Digest of what was applied: {_DIGEST}.")
+    result: Literal["succeeded", "failed"] = Field(description="`succeeded` or `failed`.")
+    duration_seconds: float = Field(description="How long helm ran, in seconds.")
+    time: str = Field(description=f"When helm returned: {_TIMESTAMP}.")
+    message: str = Field(default="", description="helm's error, when it failed (redacted).")
 
 
 class InProgress(Model):
     """A helm action the operator started and has not finished, recorded before helm starts: a
     `pending-*` release found with this set after a restart is the operator's own, and stale."""
 
-    action: str
-    started_at: str
+    action: str = Field(description="`install` or `upgrade`.")
+    started_at: str = Field(description=f"When helm started: {_TIMESTAMP}.")
     digest: str = Field(description="Digest of the values being applied.")
-    revision_before: int | None = None
+    revision_before: int | None = Field(
+        default=None, description="Helm revision before the action; none for a first install."
+    )
     chart_version: str | None = Field(default=None, description="The version being applied.")
 
 
 class HistoryEntry(Model):
-    revision: int
-    chart_version: str
-    digest: str
-    status: str
-    time: str
+    """One revision the operator deployed."""
+
+    revision: int = Field(description="Helm revision number.")
+    chart_version: str = Field(description="Chart version of the revision.")
+    digest: str = Field(description=f"Digest of the revision: {_DIGEST}.")
+    status: str = Field(description="Outcome, e.g. `deployed`.")
+    time: str = Field(description=f"When it was deployed: {_TIMESTAMP}.")
 
 
 class InventoryEntry(Model):
-    api_version: str
-    kind: str
-    name: str
-    namespace: str | None = None
+    """One object of the deployed revision's manifest."""
+
+    api_version: str = Field(description="apiVersion of the object, e.g. `apps/v1`.")
+    kind: str = Field(description="Kind of the object, e.g. `Deployment`.")
+    name: str = Field(description="Name of the object.")
+    namespace: str | None = Field(
+        default=None, description="Namespace of the object; none for cluster-scoped objects."
+    )
 
 
 class DriftedObject(Model):
     """One object of the release that differs from its manifest: paths only, never values."""
 
-    api_version: str
-    kind: str
-    name: str
-    namespace: str | None = None
-    missing: bool = False
+    api_version: str = Field(description="apiVersion of the object, e.g. `apps/v1`.")
+    kind: str = Field(description="Kind of the object, e.g. `Deployment`.")
+    name: str = Field(description="Name of the object.")
+    namespace: str | None = Field(
+        default=None, description="Namespace of the object; none for cluster-scoped objects."
+    )
+    missing: bool = Field(default=False, description="`true`: the object was deleted.")
     paths: list[str] = Field(default_factory=list, description="JSON pointers that differ.")
 
 
 class DriftStatus(Model):
-    detected_at: str
-    revision: int | None = None
-    objects: list[DriftedObject] = Field(default_factory=list)
+    """What the last drift check found."""
+
+    detected_at: str = Field(description=f"When drift was first seen: {_TIMESTAMP}.")
+    revision: int | None = Field(default=None, description="Helm revision that was compared.")
+    objects: list[DriftedObject] = Field(
+        default_factory=list, description="The objects that differ."
+    )
 
 
 class HelmfileReleaseStatus(Model):
+    """What the operator observed and did, written by the operator."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    revision: int | None = None
-    chart_name: str | None = None
-    chart_version: str | None = None
-    app_version: str | None = None
-    values_digest: str | None = None
-    last_applied_digest: str | None = None
-    last_applied_time: str | None = None
-    last_attempted: LastAttempt | None = None
+    observed_generation: int | None = Field(
+        default=None, description="`metadata.generation` of the last spec the operator handled."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="`Ready`, `Reconciling`, `Stalled`, `Released`, `Remediated`, `Drifted`.",
+    )
+    revision: int | None = Field(default=None, description="Deployed Helm revision.")
+    chart_name: str | None = Field(default=None, description="Name of the deployed chart.")
+    chart_version: str | None = Field(default=None, description="Version of the deployed chart.")
+    app_version: str | None = Field(default=None, description="appVersion of the deployed chart.")
+    values_digest: str | None = Field(
+        default=None, description=f"Digest of the deployed revision: {_DIGEST} (never the values)."
+    )
+    last_applied_digest: str | None = Field(
+        default=None,
+        description="Digest the operator last installed or upgraded; cleared on uninstall.",
+    )
+    last_applied_time: str | None = Field(
+        default=None, description=f"When the last install or upgrade succeeded: {_TIMESTAMP}."
+    )
+    last_attempted: LastAttempt | None = Field(
+        default=None, description="The last install or upgrade, successful or not."
+    )
     in_progress: InProgress | None = Field(
         default=None, description="Set while a helm action of the operator runs on the release."
     )
-    failures: int = 0
-    last_handled_reconcile_at: str | None = None
-    history: list[HistoryEntry] = Field(default_factory=list)
-    inventory: list[InventoryEntry] = Field(default_factory=list)
+    failures: int = Field(
+        default=0, description="Failed attempts since the last success (backoff and `retries`)."
+    )
+    last_handled_reconcile_at: str | None = Field(
+        default=None,
+        description="Value of the `helmfile.dev/reconcile-requested-at` annotation last handled.",
+    )
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        description="Revisions the operator deployed, oldest first, at most `helm.historyMax` "
+        "(10 when that is 0).",
+    )
+    inventory: list[InventoryEntry] = Field(
+        default_factory=list, description="Objects of the deployed revision's manifest."
+    )
     drift: DriftStatus | None = Field(
         default=None, description="Set while the live objects differ from the release manifest."
     )
-    last_drift_check: str | None = None
+    last_drift_check: str | None = Field(
+        default=None, description=f"When drift was last checked: {_TIMESTAMP}."
+    )
 
 
 class ReleaseSummary(Model):
-    name: str
-    namespace: str
-    ready: bool
-    revision: int | None = None
-    chart_version: str | None = None
-    drifted: bool = False
-    message: str = ""
+    """One HelmfileRelease of the state, at a glance."""
+
+    name: str = Field(description="Helm release name.")
+    namespace: str = Field(description="Namespace the release is installed into.")
+    ready: bool = Field(description="Whether the HelmfileRelease is Ready for its current spec.")
+    revision: int | None = Field(default=None, description="Deployed Helm revision.")
+    chart_version: str | None = Field(default=None, description="Version of the deployed chart.")
+    drifted: bool = Field(default=False, description="Whether drift was detected.")
+    message: str = Field(default="", description="Message of the release's Ready condition.")
 
 
 class ReleaseCounts(Model):
-    total: int = 0
-    ready: int = 0
-    failed: int = 0
-    pending: int = 0
-    disabled: int = 0
+    """How many of the state's HelmfileReleases are in each state."""
+
+    total: int = Field(default=0, description="HelmfileReleases of the state.")
+    ready: int = Field(default=0, description="Those that are Ready.")
+    failed: int = Field(default=0, description="Those that are Stalled.")
+    pending: int = Field(default=0, description="Those still progressing (neither of the above).")
+    disabled: int = Field(
+        default=0, description="Those with `installed: false` (also counted above)."
+    )
 
 
 class HelmfileStateStatus(Model):
+    """What the operator observed and did, written by the operator."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    environment: str | None = None
+    observed_generation: int | None = Field(
+        default=None, description="`metadata.generation` of the last spec the operator handled."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="`Ready`, `Reconciling`, `Stalled`."
+    )
+    environment: str | None = Field(default=None, description="The environment last rendered.")
     plan: list[list[str]] = Field(
         default_factory=list, description="Release ids in topological groups (`needs` order)."
     )
-    releases: list[ReleaseSummary] = Field(default_factory=list)
-    counts: ReleaseCounts = Field(default_factory=ReleaseCounts)
-    last_handled_reconcile_at: str | None = None
+    releases: list[ReleaseSummary] = Field(
+        default_factory=list, description="One summary per HelmfileRelease of the state."
+    )
+    counts: ReleaseCounts = Field(
+        default_factory=ReleaseCounts, description="HelmfileReleases by readiness."
+    )
+    last_handled_reconcile_at: str | None = Field(
+        default=None,
+        description="Value of the `helmfile.dev/reconcile-requested-at` annotation last handled.",
+    )
