@@ -183,13 +183,17 @@ class Kube:
         )
         return result
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: Body) -> None:
-        await self._maybe(
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Body
+    ) -> Body | None:
+        """The object as written (None when it is gone)."""
+        result: Body | None = await self._maybe(
             "PATCH",
             self._custom(plural, namespace, name) + "/status",
             body={"status": status},
             content_type=MERGE_PATCH,
         )
+        return result
 
     async def patch_metadata(self, plural: str, namespace: str, name: str, metadata: Body) -> None:
         await self._maybe(

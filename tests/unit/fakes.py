@@ -197,12 +197,24 @@ class FakeKube:
         self._applied_keys[key] = (set(labels), set(annotations))
         return copy.deepcopy(self.objects[key])
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: Body) -> None:
+    async def patch_status(
+        self, plural: str, namespace: str, name: str, status: Body
+    ) -> Body | None:
         await asyncio.sleep(0)
         self.writes.append(Write("patch_status", plural, namespace, name, copy.deepcopy(status)))
         body = self.objects.get((plural, namespace, name))
-        if body is not None:  # 404 is ignored, like Kube._maybe
-            body["status"] = merge_patch(body.get("status") or {}, status)
+        if body is None:  # 404 is ignored, like Kube._maybe
+            return None
+        body["status"] = merge_patch(body.get("status") or {}, status)
+        self._bump(body)
+        return copy.deepcopy(body)
+
+    @staticmethod
+    def _bump(body: Body) -> None:
+        """Every write moves the resourceVersion on (only where a test gave it one)."""
+        metadata = body["metadata"]
+        if "resourceVersion" in metadata:
+            metadata["resourceVersion"] = str(int(metadata["resourceVersion"]) + 1)
 
     async def patch_metadata(self, plural: str, namespace: str, name: str, metadata: Body) -> None:
         await asyncio.sleep(0)

@@ -1057,3 +1057,16 @@ async def test_a_dependent_gone_during_a_watch_gap_does_not_block_deletion(world
 
     assert world.helm.verbs == ["uninstall"]
     assert world.reconciler.index.get(NAMESPACE, "api") is None
+
+
+async def test_deletion_drops_the_finalizer_after_its_own_status_write(world: World) -> None:
+    """The "Uninstalling" status write moves the resourceVersion on; the finalizer write that
+    follows must use the new one, or it conflicts with ourselves and uninstalls forever."""
+    await installed(world)
+    stored(world)["metadata"]["resourceVersion"] = "7"
+    await delete(world)
+
+    await reconcile(world)
+
+    assert world.helm.verbs == ["uninstall"]
+    assert world.kube.obj(RELEASES, NAMESPACE, "web") is None

@@ -234,10 +234,14 @@ class ReleaseContext:
             return
         # A merge patch keeps the keys it leaves out: null those this pass cleared.
         cleared: dict[str, Any] = {k: None for k in self.written if k not in after}
-        await self.reconciler.kube.patch_status(
+        written = await self.reconciler.kube.patch_status(
             RELEASES, self.key.namespace, self.key.name, {**cleared, **after}
         )
         self.written = after
+        # Later writes with a resourceVersion precondition (finalizers) must see this one.
+        version = ((written or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            self.body["metadata"]["resourceVersion"] = version
 
 
 def tenant_identity(namespace: str, account: str | None, default: str) -> str | None:
