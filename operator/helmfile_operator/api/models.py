@@ -236,14 +236,9 @@ def merge_helm_options(*layers: HelmOptions | None) -> HelmOptions:
 # --- HelmfileState ------------------------------------------------------------------------------
 
 
-class Repository(Model):
-    """A chart repository that releases name as `<name>/<chart>`."""
+class ChartRepository(Model):
+    """Where the chart comes from (copied from the state's `repositories`)."""
 
-    name: str = Field(
-        pattern=DNS_LABEL,
-        max_length=63,
-        description="Name that `chart: <name>/<chart>` refers to (a DNS label).",
-    )
     url: str = Field(
         pattern=r"^(https?|oci)://.+",
         description="`http(s)://` chart repository or `oci://` prefix.",
@@ -261,6 +256,16 @@ class Repository(Model):
     insecure_skip_tls_verify: bool = Field(
         default=False,
         description="Do not verify the repository's TLS certificate.",
+    )
+
+
+class Repository(ChartRepository):
+    """A chart repository that releases name as `<name>/<chart>`."""
+
+    name: str = Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Name that `chart: <name>/<chart>` refers to (a DNS label).",
     )
 
 
@@ -414,29 +419,6 @@ class HelmfileStateSpec(Model):
 
 
 # --- HelmfileRelease ----------------------------------------------------------------------------
-
-
-class ChartRepository(Model):
-    """Where the chart comes from (copied from the state's `repositories`)."""
-
-    url: str = Field(
-        pattern=r"^(https?|oci)://.+",
-        description="`http(s)://` chart repository or `oci://` prefix.",
-    )
-    secret_ref: str | None = Field(
-        default=None,
-        description="Secret with `username` and `password` (same namespace). Default: none "
-        "(anonymous).",
-    )
-    ca_secret_ref: str | None = Field(
-        default=None,
-        description="Secret with `ca.crt`, a PEM bundle trusted for the repository's TLS "
-        "certificate (same namespace). Default: the system's CAs.",
-    )
-    insecure_skip_tls_verify: bool = Field(
-        default=False,
-        description="Do not verify the repository's TLS certificate.",
-    )
 
 
 class ChartReference(Model):
