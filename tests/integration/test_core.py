@@ -316,7 +316,14 @@ def test_progress_is_visible_while_helm_waits(
 
     body = wait_until(installing, timeout=60, message="the release to say it is installing")
     try:
-        assert helm_releases(cluster, namespace)["slow"]["status"] == "pending-install"
+        # Written before helm starts; helm then records the pending install.
+        wait_until(
+            lambda: (
+                helm_releases(cluster, namespace).get("slow", {}).get("status") == "pending-install"
+            ),
+            timeout=30,
+            message="helm to be mid-install",
+        )
         assert condition(body, "Ready")["status"] == "Unknown"  # type: ignore[index]
         progress = body["status"]["inProgress"]
         assert progress["action"] == "install" and progress["chartVersion"] == "0.1.0"
