@@ -4,6 +4,7 @@ memory stays bounded."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from testbed_fixtures import (
     apply,
     condition,
     state_ready_at_generation,
+    wait_until,
 )
 
 # The operator's peak RSS (VmHWM) while it renders all the states below and serves the good one.
@@ -213,3 +215,52 @@ def test_hostile_states_stall_while_the_operator_keeps_serving(
         f"{max(stalled_at.values()) - started:.1f} s"
     )
     assert after["VmHWM"] < MAX_OPERATOR_RSS_BYTES
+
+
+# A ~500-byte "billion laughs": each level references the previous one ten times.
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8)
+)
+
+
+def test_a_yaml_alias_bomb_in_values_sources_is_refused(
+    cluster: Cluster, chart_repo: ChartRepo, operator: OperatorProcess, hostile_namespace: str
+) -> None:
+    """As a release's `valuesFrom` and as an environment's: a clear condition, bounded memory."""
+    pid = operator.process.pid  # type: ignore[union-attr]
+    assert len(ALIAS_BOMB) < 600
+    cluster.run(
+        "kubectl", "create", "configmap", "bomb", "-n", hostile_namespace,
+        f"--from-literal=values.yaml={ALIAS_BOMB}",
+    )  # fmt: skip
+    release = {"name": "app", "chart": "test/demo-app", "version": "0.1.0",
+               "valuesFrom": [{"kind": "ConfigMap", "name": "bomb"}]}  # fmt: skip
+    apply(cluster, _state("release-bomb", hostile_namespace, chart_repo.url, [release]))
+    environment = _state("env-bomb", hostile_namespace, chart_repo.url, [{**release, "name": "b"}])
+    del environment["spec"]["releases"][0]["valuesFrom"]
+    environment["spec"]["environments"]["default"]["valuesFrom"] = [
+        {"kind": "ConfigMap", "name": "bomb"}
+    ]
+    apply(cluster, environment)
+
+    def release_refused() -> dict[str, Any] | None:
+        got = cluster.run("kubectl", "get", "hfr", "release-bomb-app", "-n", hostile_namespace,
+                          "-o", "json", check=False)  # fmt: skip
+        if got.returncode != 0:
+            return None
+        ready = condition(json.loads(got.stdout), "Ready")
+        return ready if ready and ready["reason"] == "ValuesUnavailable" else None
+
+    def state_stalled() -> dict[str, Any] | None:
+        body = cluster.kubectl_json("get", "hfs", "env-bomb", "-n", hostile_namespace)
+        stalled = condition(body, "Stalled")
+        return stalled if stalled and stalled["status"] == "True" else None
+
+    ready = wait_until(release_refused, timeout=90, message="the release's bomb to be refused")
+    stalled = wait_until(state_stalled, timeout=90, message="the environment's bomb to stall")
+    for found in (ready, stalled):
+        assert "ConfigMap" in found["message"] and "bomb" in found["message"]
+        assert "nodes" in found["message"] or "alias" in found["message"], found["message"]
+        assert "x, x" not in found["message"]  # never the content
+    assert operator.healthy()
+    assert _status_of(pid)["VmHWM"] < MAX_OPERATOR_RSS_BYTES
