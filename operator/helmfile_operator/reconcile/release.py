@@ -4,6 +4,7 @@ docs/architecture.md shows the table."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal
@@ -16,7 +17,7 @@ from helmfile_operator.api.models import (
     HelmfileReleaseStatus,
     describe_validation_error,
 )
-from helmfile_operator.helm import HelmError, latest_from_secrets
+from helmfile_operator.helm import HelmError
 from helmfile_operator.kube import RELEASES, AccessDenied, FinalizerConflict
 from helmfile_operator.logs import object_fields
 from helmfile_operator.reconcile import conditions
@@ -115,7 +116,7 @@ async def observe(ctx: ReleaseContext) -> Observation:
         ctx.storage = await ctx.read_storage()
     except AccessDenied as error:
         ctx.access_error = str(error)
-        return Observation(**{**base.__dict__, "access_error": ctx.access_error})
+        return dataclasses.replace(base, access_error=ctx.access_error)
     storage = ctx.storage
     lock = None
     if storage is not None and storage.locked:
@@ -132,29 +133,27 @@ async def observe(ctx: ReleaseContext) -> Observation:
         await _resolve_values(ctx)
     status = ctx.status
     last = status.last_attempted
-    return Observation(
-        **{
-            **base.__dict__,
-            "in_storage": storage is not None,
-            "head_deployed": storage is not None and storage.status == "deployed",
-            "head_revision": storage.revision if storage is not None else None,
-            "lock": lock,
-            "values_error": ctx.values_error,
-            "digest": ctx.digest,
-            "applied_digest": status.last_applied_digest,
-            "applied_revision": status.revision,
-            "last_attempt": Attempt(
-                failed=last.result == "failed",
-                digest=last.digest,
-                seconds_ago=seconds_since(last.time),
-            )
-            if last is not None
-            else None,
-            "stalled": ctx.has_condition(conditions.STALLED),
-            "backoff_seconds": ctx.reconciler.backoff(status.failures, cap=ctx.interval_seconds)
-            if status.failures
-            else 0.0,
-        }
+    return dataclasses.replace(
+        base,
+        in_storage=storage is not None,
+        head_deployed=storage is not None and storage.status == "deployed",
+        head_revision=storage.revision if storage is not None else None,
+        lock=lock,
+        values_error=ctx.values_error,
+        digest=ctx.digest,
+        applied_digest=status.last_applied_digest,
+        applied_revision=status.revision,
+        last_attempt=Attempt(
+            failed=last.result == "failed",
+            digest=last.digest,
+            seconds_ago=seconds_since(last.time),
+        )
+        if last is not None
+        else None,
+        stalled=ctx.has_condition(conditions.STALLED),
+        backoff_seconds=ctx.reconciler.backoff(status.failures, cap=ctx.interval_seconds)
+        if status.failures
+        else 0.0,
     )
 
 
@@ -223,11 +222,13 @@ def _handle_reconcile_request(ctx: ReleaseContext) -> None:
 
 
 async def _nothing(ctx: ReleaseContext, decision: Decision) -> None:
-    return
+    """Nothing to do now: suspended, backing off or Stalled (the failure's condition stays and
+    `decision.after` requeues), or deleting with our finalizer already gone."""
 
 
 async def _wait_for_dependents(ctx: ReleaseContext, decision: Decision) -> None:
-    dependents = await _live_dependents(ctx)
+    # observe() checked them against the API and pruned the index: no second list call.
+    dependents = sorted(ctx.reconciler.index.dependents(ctx.key.namespace, ctx.key.name))
     ctx.reconciling(
         "WaitingForDependents",
         f"uninstalls after {', '.join(dependents)} (they need this release)",
@@ -256,10 +257,6 @@ async def _release(ctx: ReleaseContext, decision: Decision) -> None:
 async def _uninstall_and_release(ctx: ReleaseContext, decision: Decision) -> None:
     if await _uninstall(ctx, "deleted"):
         await _release(ctx, decision)
-
-
-async def _suspended(ctx: ReleaseContext, decision: Decision) -> None:
-    return
 
 
 async def _reject_self_need(ctx: ReleaseContext, decision: Decision) -> None:
@@ -331,10 +328,6 @@ async def _in_sync(ctx: ReleaseContext, decision: Decision) -> None:
     await detect_drift(ctx)
 
 
-async def _backoff(ctx: ReleaseContext, decision: Decision) -> None:
-    return  # the condition of the failure stays; `after` requeues
-
-
 async def _install_or_upgrade(ctx: ReleaseContext, decision: Decision) -> None:
     if await _adopt_unrecorded_success(ctx):
         return
@@ -348,7 +341,7 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.WAIT_FOR_DEPENDENTS: _wait_for_dependents,
     Action.RELEASE: _release,
     Action.UNINSTALL_AND_RELEASE: _uninstall_and_release,
-    Action.SUSPENDED: _suspended,
+    Action.SUSPENDED: _nothing,
     Action.REJECT_SELF_NEED: _reject_self_need,
     Action.REJECT_OWNED: _reject_owned,
     Action.WAIT_FOR_NEEDS: _wait_for_needs,
@@ -359,8 +352,8 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.RECOVER: _recover,
     Action.REPORT_VALUES_ERROR: _report_values_error,
     Action.IN_SYNC: _in_sync,
-    Action.BACKOFF: _backoff,
-    Action.STALLED: _backoff,
+    Action.BACKOFF: _nothing,
+    Action.STALLED: _nothing,
     Action.INSTALL: _install_or_upgrade,
     Action.UPGRADE: _install_or_upgrade,
 }
@@ -386,8 +379,7 @@ async def _adopt_unrecorded_success(ctx: ReleaseContext) -> bool:
         or storage.revision <= (progress.revision_before or 0)
     ):
         return False
-    secrets = await ctx.tenant_kube.helm_storage(ctx.spec.target_namespace, ctx.spec.release_name)
-    stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
+    stored = await ctx.read_stored_release()
     if stored is None:
         return False
     verb: Literal["install", "upgrade"] = "install" if progress.action == "install" else "upgrade"

@@ -15,6 +15,7 @@ from helmfile_operator.api.models import (
     HelmOptions,
     duration_seconds,
 )
+from helmfile_operator.helm import ReleaseInfo, latest_from_secrets
 from helmfile_operator.kube import RELEASES, Kube
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import ObjectKey, Reconciler
@@ -201,6 +202,14 @@ class ReleaseContext:
             impersonate=self.impersonate,
             tenant=self.key.namespace,
         )
+
+    async def read_stored_release(self) -> ReleaseInfo | None:
+        """The newest revision in Helm's storage, decoded (manifest included), read as the
+        tenant; raises StorageDecodeError when it is not a Helm release."""
+        secrets = await self.tenant_kube.helm_storage(
+            self.spec.target_namespace, self.spec.release_name
+        )
+        return latest_from_secrets(secrets, release_name=self.spec.release_name)
 
     async def read_storage(self) -> Storage | None:
         secrets = await self.tenant_kube.helm_storage(

@@ -15,7 +15,7 @@ from typing import Literal
 
 from helmfile_operator import goyaml
 from helmfile_operator.api.models import HistoryEntry, InProgress, InventoryEntry, LastAttempt
-from helmfile_operator.helm import HelmError, ReleaseInfo, latest_from_secrets
+from helmfile_operator.helm import HelmError, ReleaseInfo
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.remediate import remediate
 from helmfile_operator.reconcile.failures import record_failure
@@ -169,10 +169,7 @@ async def _record_inventory(ctx: ReleaseContext) -> None:
     not read for it: it also carries the values). Best effort: helm's result is already
     recorded, so a manifest that cannot be read costs the inventory, never another helm run."""
     try:
-        secrets = await ctx.tenant_kube.helm_storage(
-            ctx.spec.target_namespace, ctx.spec.release_name
-        )
-        stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
+        stored = await ctx.read_stored_release()
         ctx.status.inventory = inventory(stored.manifest) if stored is not None else []
     except Exception as error:
         logger.warning("%s: inventory not recorded: %s", ctx.key, error)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from helmfile_operator.api.models import DriftMode, DriftStatus
-from helmfile_operator.helm.storage import StorageDecodeError, latest_from_secrets
+from helmfile_operator.helm.storage import StorageDecodeError
 from helmfile_operator.kube import AccessDenied
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.drift import DriftCheckError, DriftReport
@@ -22,9 +22,8 @@ async def _manifest(ctx: ReleaseContext) -> str | None:
     cached = ctx.reconciler.manifests.get(key, ctx.storage.revision)
     if cached is not None:
         return cached
-    secrets = await ctx.tenant_kube.helm_storage(*key)
     try:
-        stored = latest_from_secrets(secrets, release_name=ctx.spec.release_name)
+        stored = await ctx.read_stored_release()
     except StorageDecodeError:
         return None
     if stored is None:
