@@ -183,6 +183,43 @@ class Kube:
         )
         return result
 
+    # --- CustomResourceDefinitions of charts (cluster-scoped, written as the tenant) ---
+
+    async def apply_crd(self, crd: Body) -> None:
+        """Server-side apply of a chart's CRD, taking over the fields it sets (CreateReplace)."""
+        name = str(crd["metadata"]["name"])
+        try:
+            await self._request(
+                "PATCH",
+                f"{_CRDS}/{_q(name)}",
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                body=crd,
+                content_type=APPLY_PATCH,
+            )
+        except ApiException as error:
+            raise self._denied_cluster(error, "patch", name) from None
+
+    async def create_crd(self, crd: Body) -> bool:
+        """Create a chart's CRD unless one of that name exists (Create); True when created."""
+        name = str(crd["metadata"]["name"])
+        try:
+            await self._request("POST", _CRDS, query={"fieldManager": FIELD_MANAGER}, body=crd)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise self._denied_cluster(error, "create", name) from None
+        return True
+
+    def _denied_cluster(self, error: ApiException, verb: str, name: str) -> Exception:
+        if error.status != 403 or self.identity is None:
+            return error
+        account = self.identity.removeprefix("system:serviceaccount:").replace(":", "/", 1)
+        return AccessDenied(
+            f"forbidden: {self.identity} may not {verb} customresourcedefinitions ({name}); "
+            f"grant ServiceAccount {account} `create`, `get` and `patch` on "
+            "customresourcedefinitions (a ClusterRole and ClusterRoleBinding), or use `Skip`"
+        )
+
     async def patch_status(
         self, plural: str, namespace: str, name: str, status: Body
     ) -> Body | None:
@@ -252,6 +289,9 @@ class Kube:
             raise self._denied(error, "list", "secrets", namespace) from None
         items: list[Body] = result["items"]
         return items
+
+
+_CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
 def _q(segment: str) -> str:

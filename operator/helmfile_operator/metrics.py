@@ -72,6 +72,12 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        self.release_tests = Counter(
+            "helmfile_operator_release_tests_total",
+            "`helm test` runs after an install/upgrade, by outcome (success, failure).",
+            ["result"],
+            registry=r,
+        )
         self.drift_detections = Counter(
             "helmfile_operator_drift_detections_total",
             "Drift checks that found a release drifted.",

@@ -159,6 +159,9 @@ def test_every_helm_timeout_has_the_crd_rule() -> None:
         "HelmfileState.spec.helmDefaults.timeout": [TIMEOUT_RULE],
         "HelmfileState.spec.releases[].helm.timeout": [TIMEOUT_RULE],
         "HelmfileRelease.spec.helm.timeout": [TIMEOUT_RULE],
+        "HelmfileState.spec.helmDefaults.test.timeout": [TIMEOUT_RULE],
+        "HelmfileState.spec.releases[].helm.test.timeout": [TIMEOUT_RULE],
+        "HelmfileRelease.spec.helm.test.timeout": [TIMEOUT_RULE],
     }
 
 

@@ -128,8 +128,14 @@ def test_helm_options_state_the_defaults_that_apply_when_unset(name: str) -> Non
     """Unset helm options fall through to DEFAULT_HELM_OPTIONS: the text must say what that is."""
     field = models.HelmOptions.model_fields[name]
     value = getattr(models.DEFAULT_HELM_OPTIONS, name)
-    written = str(value).lower() if isinstance(value, bool) else str(value)
-    assert f"Default: `{written}`." in (field.description or ""), name
+    assert f"Default: `{_written(value)}`." in (field.description or ""), name
+
+
+def _written(value: object) -> str:
+    """`true`, `300s`, `{install: Create, upgrade: Skip}`: a default as the docs spell it."""
+    if isinstance(value, models.Model):
+        return "{" + ", ".join(f"{k}: {_written(v)}" for k, v in value.to_wire().items()) + "}"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def test_describe_defaults_leaves_empty_and_already_described_defaults_alone() -> None:

@@ -66,6 +66,13 @@ CASES: list[tuple[str, Observation, Decision]] = [
     # values
     ("values unreadable", Observation(values_error="spec.valuesFrom[0]: not found"),
      Decision(Action.REPORT_VALUES_ERROR)),
+    # chart versions
+    ("the range cannot be resolved (no deployed version to keep)",
+     Observation(in_storage=True, chart_error=True), Decision(Action.REPORT_CHART_ERROR)),
+    ("values errors are reported before chart errors",
+     Observation(values_error="x", chart_error=True), Decision(Action.REPORT_VALUES_ERROR)),
+    ("a newly published version in the range changed the digest",
+     Observation(**{**IN_SYNC, "digest": "sha256:1.0.1"}), Decision(Action.UPGRADE)),
     # sync
     ("in sync", Observation(**IN_SYNC), Decision(Action.IN_SYNC)),
     ("absent", Observation(digest=D), Decision(Action.INSTALL)),

@@ -47,6 +47,25 @@ Duration = Annotated[str, Field(pattern=DURATION, examples=["300s", "10m"])]
 Values = dict[str, Any]
 
 
+# The CRD's rule on every helm timeout field.
+_BOUNDED_TIMEOUT: dict[str, Any] = {
+    "x-kubernetes-validations": [
+        {
+            "rule": f"duration(self) <= duration('{MAX_HELM_TIMEOUT}')",
+            "message": MAX_HELM_TIMEOUT_MESSAGE,
+            "reason": "FieldValueInvalid",
+        }
+    ]
+}
+
+
+def _check_timeout(timeout: str | None) -> str | None:
+    """The CRD's rule, for objects that did not pass through the API server (tests, renders)."""
+    if timeout is not None and duration_seconds(timeout) > duration_seconds(MAX_HELM_TIMEOUT):
+        raise ValueError(MAX_HELM_TIMEOUT_MESSAGE)
+    return timeout
+
+
 def describe_validation_error(error: ValidationError, prefix: str = "spec") -> str:
     """`spec.releases.0.name: String should have at most 53 characters; …` (never the input)."""
     return "; ".join(
@@ -155,6 +174,53 @@ class DriftDetection(Model):
     )
 
 
+class CrdPolicy(StrEnum):
+    SKIP = "Skip"
+    CREATE = "Create"
+    CREATE_REPLACE = "CreateReplace"
+
+
+class CrdOptions(Model):
+    """What happens to the CustomResourceDefinitions in the chart's `crds/` directory (CRDs in
+    `templates/` are ordinary objects of the release). CRDs are never deleted with a release."""
+
+    install: CrdPolicy | None = Field(
+        default=None,
+        description="On install: `Create` (helm creates those that do not exist), `Skip`, or "
+        "`CreateReplace` (the operator applies them server-side, as the ServiceAccount helm runs "
+        "as, replacing what exists). Default: `Create`.",
+    )
+    upgrade: CrdPolicy | None = Field(
+        default=None,
+        description="On upgrade: `Skip` (helm's behaviour: never touched), `Create` (create "
+        "those that do not exist), or `CreateReplace` (apply them server-side, so a new field "
+        "of the chart's CRD reaches the cluster). Default: `Skip`.",
+    )
+
+
+class TestOptions(Model):
+    """`helm test` after every successful install or upgrade."""
+
+    __test__ = False  # not a pytest test class
+
+    enable: bool | None = Field(
+        default=None, description="Run the chart's tests (`helm.sh/hook: test`). Default: `false`."
+    )
+    timeout: Duration | None = Field(
+        default=None,
+        description="helm test's --timeout, a Go duration, at most "
+        f"{MAX_HELM_TIMEOUT}. Default: the release's `timeout`.",
+        json_schema_extra=_BOUNDED_TIMEOUT,
+    )
+    ignore_failures: bool | None = Field(
+        default=None,
+        description="A failed test is reported (`TestSuccess=False`) but the release stays "
+        "Ready and is not remediated. Default: `false`: a failed test fails the release.",
+    )
+
+    _bounded_timeout = field_validator("timeout")(_check_timeout)
+
+
 class HelmOptions(Model):
     """Options of `helm upgrade --install`; per-release fields override the state's helmDefaults."""
 
@@ -177,15 +243,7 @@ class HelmOptions(Model):
         default=None,
         description=f"helm's --timeout for one action, a Go duration (`300s`, `10m`), at most "
         f"{MAX_HELM_TIMEOUT}; the operator may cap it lower. Default: `300s`.",
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": f"duration(self) <= duration('{MAX_HELM_TIMEOUT}')",
-                    "message": MAX_HELM_TIMEOUT_MESSAGE,
-                    "reason": "FieldValueInvalid",
-                }
-            ]
-        },
+        json_schema_extra=_BOUNDED_TIMEOUT,
     )
     create_namespace: bool | None = Field(
         default=None,
@@ -203,14 +261,18 @@ class HelmOptions(Model):
         description="Retries of a failed install/upgrade of the same spec before the release is "
         "Stalled (transient errors are retried without limit). Default: `3`.",
     )
+    crds: CrdOptions | None = Field(
+        default=None,
+        description="CRDs of the chart's `crds/` directory on install and upgrade. Default: "
+        "`{install: Create, upgrade: Skip}`.",
+    )
+    test: TestOptions | None = Field(
+        default=None,
+        description="`helm test` after each install/upgrade. Default: "
+        "`{enable: false, ignoreFailures: false}`.",
+    )
 
-    @field_validator("timeout")
-    @classmethod
-    def _bounded_timeout(cls, timeout: str | None) -> str | None:
-        # The CRD's rule, for objects that did not pass through the API server (tests, renders).
-        if timeout is not None and duration_seconds(timeout) > duration_seconds(MAX_HELM_TIMEOUT):
-            raise ValueError(MAX_HELM_TIMEOUT_MESSAGE)
-        return timeout
+    _bounded_timeout = field_validator("timeout")(_check_timeout)
 
 
 DEFAULT_HELM_OPTIONS = HelmOptions(
@@ -221,15 +283,23 @@ DEFAULT_HELM_OPTIONS = HelmOptions(
     create_namespace=True,
     history_max=10,
     retries=3,
+    crds=CrdOptions(install=CrdPolicy.CREATE, upgrade=CrdPolicy.SKIP),
+    test=TestOptions(enable=False, ignore_failures=False),
 )
 
 
 def merge_helm_options(*layers: HelmOptions | None) -> HelmOptions:
-    """Later layers win field by field; unset (None) fields fall through."""
+    """Later layers win field by field (`crds` and `test` too, one level down); unset (None)
+    fields fall through."""
     merged: dict[str, Any] = {}
     for layer in layers:
-        if layer is not None:
-            merged.update(layer.model_dump(exclude_none=True))
+        if layer is None:
+            continue
+        for name, value in layer.model_dump(exclude_none=True).items():
+            if isinstance(value, dict) and isinstance(merged.get(name), dict):
+                merged[name] = {**merged[name], **value}
+            else:
+                merged[name] = value
     return HelmOptions(**merged)
 
 
@@ -590,6 +660,16 @@ class HelmfileReleaseStatus(Model):
     revision: int | None = Field(default=None, description="Deployed Helm revision.")
     chart_name: str | None = Field(default=None, description="Name of the deployed chart.")
     chart_version: str | None = Field(default=None, description="Version of the deployed chart.")
+    chart_version_range: str | None = Field(
+        default=None,
+        description="`spec.chart.version` when it is a range (or empty: the latest version), "
+        "which is resolved again on every interval.",
+    )
+    resolved_chart_version: str | None = Field(
+        default=None,
+        description="The version the range resolved to at the last check; an upgrade follows "
+        "when it differs from `chartVersion`.",
+    )
     app_version: str | None = Field(default=None, description="appVersion of the deployed chart.")
     values_digest: str | None = Field(
         default=None, description=f"Digest of the deployed revision: {_DIGEST} (never the values)."

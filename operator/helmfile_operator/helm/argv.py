@@ -133,9 +133,11 @@ def upgrade_argv(
     ca_file: Path | None = None,
     wait_strategy: str = DEFAULT_WAIT_STRATEGY,
     max_timeout_seconds: float | None = None,
+    skip_crds: bool = False,
 ) -> list[str]:
     """`helm upgrade --install`; `options` goes over DEFAULT_HELM_OPTIONS; `atomic` is ignored.
-    The timeout is at most `max_timeout_seconds`."""
+    The timeout is at most `max_timeout_seconds`. `skip_crds`: the chart's `crds/` are not
+    installed (skipped, or applied by the operator itself)."""
     opts = merge_helm_options(DEFAULT_HELM_OPTIONS, options)
     timeout = clamp_timeout(helm_timeout_seconds(opts), max_timeout_seconds)
     argv = ["upgrade", "--install", *scope_flags(namespace, impersonate)]
@@ -147,8 +149,26 @@ def upgrade_argv(
     argv.append(f"--timeout={go_duration(timeout)}")
     if opts.history_max is not None:
         argv.append(f"--history-max={opts.history_max}")
+    if skip_crds:
+        argv.append("--skip-crds")
     argv += ["--output=json", "--", release, chart_ref(chart, alias=alias)]
     return argv
+
+
+def show_crds_argv(
+    *, chart: ChartReference, alias: str | None = None, ca_file: Path | None = None
+) -> list[str]:
+    """`helm show crds CHART`: the files of the chart's `crds/` directory."""
+    argv = ["show", "crds", *chart_flags(chart, alias=alias, ca_file=ca_file)]
+    return [*argv, "--", chart_ref(chart, alias=alias)]
+
+
+def helm_test_argv(
+    *, release: str, namespace: str, timeout_seconds: float, impersonate: str | None = None
+) -> list[str]:
+    """`helm test RELEASE`: run the release's `helm.sh/hook: test` hooks and wait for them."""
+    argv = ["test", *scope_flags(namespace, impersonate)]
+    return [*argv, f"--timeout={go_duration(timeout_seconds)}", "--", release]
 
 
 def uninstall_argv(

@@ -27,6 +27,7 @@ from helmfile_operator.helm.argv import (
     QUICK_TIMEOUT_SECONDS,
     WAIT_STRATEGIES,
     clamp_timeout,
+    helm_test_argv,
     helm_timeout_seconds,
     history_argv,
     is_oci,
@@ -34,10 +35,18 @@ from helmfile_operator.helm.argv import (
     repo_alias,
     repo_update_argv,
     rollback_argv,
+    show_crds_argv,
     uninstall_argv,
     upgrade_argv,
 )
-from helmfile_operator.helm.errors import HINTS, HelmError, HelmErrorKind, classify, redact_text
+from helmfile_operator.helm.errors import (
+    HINTS,
+    HelmError,
+    HelmErrorKind,
+    classify,
+    failed_test,
+    redact_text,
+)
 from helmfile_operator.helm.files import (
     ensure_private_dir,
     helm_env,
@@ -75,6 +84,14 @@ class RepositoryCredentials:
 
     username: str
     password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _ChartSource:
+    env: dict[str, str]
+    cwd: Path
+    alias: str | None
+    ca_file: Path | None
 
 
 class HelmClient:
@@ -163,25 +180,20 @@ class HelmClient:
         ca_pem: str | None = None,
         redact: Iterable[str] = (),
         tenant: str | None = None,
+        skip_crds: bool = False,
     ) -> ReleaseInfo:
         """`helm upgrade --install`. The caller resolves `chart.repository.secretRef` into
         `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read from
         Secrets) that must not appear in an error message. `helm_home`, when given, is used
-        instead of the tenant's home."""
+        instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`."""
         helm = await self.version()
         secrets = [*redact, *([credentials.password] if credentials else [])]
         helm_timeout = self._clamp(helm_timeout_seconds(options))
         with private_workdir(self.work_dir) as workdir:
             values_file = write_values_file(workdir, values)
-            ca_file = write_private_file(workdir / "ca.crt", ca_pem) if ca_pem else None
-            # An empty working directory: no CHART argument can name a local chart.
-            cwd = ensure_private_dir(workdir / "cwd")
-            env = self._env(helm_home, private_dir=workdir, tenant=tenant)
-            alias = None
-            if credentials is not None:
-                alias = await self._configure_repository(
-                    chart, credentials, ca_file, env, helm.major, cwd=cwd, tenant=tenant
-                )
+            source = await self._chart_source(
+                workdir, chart, credentials, ca_pem, helm.major, tenant, helm_home
+            )
             argv = upgrade_argv(
                 release=release,
                 namespace=namespace,
@@ -190,19 +202,20 @@ class HelmClient:
                 options=options,
                 helm_major=helm.major,
                 impersonate=impersonate,
-                alias=alias,
-                ca_file=ca_file,
+                alias=source.alias,
+                ca_file=source.ca_file,
                 wait_strategy=self.wait_strategy,
                 max_timeout_seconds=self.max_timeout_seconds,
+                skip_crds=skip_crds,
             )
             result = await self._run(
                 "upgrade",
                 argv,
                 limit=helm_timeout + self.subprocess_grace_seconds,
-                env=env,
+                env=source.env,
                 redact=secrets,
                 tenant=tenant,
-                cwd=cwd,
+                cwd=source.cwd,
             )
         try:
             return parse_release(result.stdout)
@@ -210,6 +223,61 @@ class HelmClient:
             raise HelmError(
                 HelmErrorKind.UNKNOWN, "upgrade", "helm succeeded but its output was not a release"
             ) from None
+
+    async def show_crds(
+        self,
+        *,
+        chart: ChartReference,
+        credentials: RepositoryCredentials | None = None,
+        ca_pem: str | None = None,
+        tenant: str | None = None,
+    ) -> str:
+        """`helm show crds`: the chart's `crds/` files as one YAML stream (fetched like upgrade
+        fetches the chart, with the same credentials)."""
+        helm = await self.version()
+        secrets = [credentials.password] if credentials else []
+        with private_workdir(self.work_dir) as workdir:
+            source = await self._chart_source(
+                workdir, chart, credentials, ca_pem, helm.major, tenant, None
+            )
+            result = await self._run(
+                "show crds",
+                show_crds_argv(chart=chart, alias=source.alias, ca_file=source.ca_file),
+                limit=self._quick_limit() + self.subprocess_grace_seconds,
+                env=source.env,
+                redact=secrets,
+                tenant=tenant,
+                cwd=source.cwd,
+            )
+        return result.stdout
+
+    async def test(
+        self,
+        *,
+        release: str,
+        namespace: str,
+        timeout_seconds: float,
+        impersonate: str | None = None,
+        tenant: str | None = None,
+    ) -> None:
+        """`helm test`; a failed test raises HelmError(TEST_FAILED) naming the test."""
+        timeout_seconds = self._clamp(timeout_seconds)
+        argv = helm_test_argv(
+            release=release,
+            namespace=namespace,
+            timeout_seconds=timeout_seconds,
+            impersonate=impersonate,
+        )
+        try:
+            await self._run(
+                "test",
+                argv,
+                limit=timeout_seconds + self.subprocess_grace_seconds,
+                env=self._env(tenant=tenant),
+                tenant=tenant,
+            )
+        except HelmError as error:
+            raise failed_test(error) from None
 
     async def uninstall(
         self,
@@ -354,6 +422,28 @@ class HelmClient:
                 except OSError:
                     self.tenant_home_dir = Path(tempfile.mkdtemp(prefix="helmfile-operator-homes-"))
         return self.tenant_home_dir
+
+    async def _chart_source(
+        self,
+        workdir: Path,
+        chart: ChartReference,
+        credentials: RepositoryCredentials | None,
+        ca_pem: str | None,
+        helm_major: int,
+        tenant: str | None,
+        helm_home: Path | None,
+    ) -> _ChartSource:
+        """The environment, directory and flags a command that fetches `chart` runs with."""
+        ca_file = write_private_file(workdir / "ca.crt", ca_pem) if ca_pem else None
+        # An empty working directory: no CHART argument can name a local chart.
+        cwd = ensure_private_dir(workdir / "cwd")
+        env = self._env(helm_home, private_dir=workdir, tenant=tenant)
+        alias = None
+        if credentials is not None:
+            alias = await self._configure_repository(
+                chart, credentials, ca_file, env, helm_major, cwd=cwd, tenant=tenant
+            )
+        return _ChartSource(env=env, cwd=cwd, alias=alias, ca_file=ca_file)
 
     async def _configure_repository(
         self,

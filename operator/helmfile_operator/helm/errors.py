@@ -33,6 +33,7 @@ class HelmErrorKind(StrEnum):
     FORBIDDEN = "Forbidden"
     RELEASE_NOT_FOUND = "ReleaseNotFound"
     INVALID_VALUES = "InvalidValues"
+    TEST_FAILED = "TestFailed"
     UNKNOWN = "Unknown"
 
 
@@ -42,6 +43,7 @@ RETRYABLE_KINDS = frozenset(
         HelmErrorKind.LOCKED,
         HelmErrorKind.CONNECTION,
         HelmErrorKind.REPOSITORY_UNREACHABLE,
+        HelmErrorKind.TEST_FAILED,
         HelmErrorKind.UNKNOWN,
     }
 )
@@ -81,6 +83,10 @@ HINTS: dict[HelmErrorKind, str] = {
     ),
     HelmErrorKind.RELEASE_NOT_FOUND: "the release does not exist (or has no deployed revision)",
     HelmErrorKind.INVALID_VALUES: "the values do not fit the chart (values.schema.json)",
+    HelmErrorKind.TEST_FAILED: (
+        "a test hook of the chart (`helm.sh/hook: test`) failed: read its logs "
+        "(`kubectl logs`); set helm.test.ignoreFailures to report without failing the release"
+    ),
     HelmErrorKind.UNKNOWN: "will retry",
 }
 
@@ -386,3 +392,22 @@ def _base64_forms(data: bytes) -> set[str]:
             end = 8 * (offset + len(data)) // 6  # past the last one without a trailing bit
             forms.add(encoded[first:end])
     return forms
+
+
+# `helm test`: "pod NAME failed", "job NAME failed" (Helm 3 and 4).
+_FAILED_TEST = re.compile(r"\b(pod|job)\s+\"?([a-z0-9][-a-z0-9.]*)\"?\s+failed", re.IGNORECASE)
+
+
+def failed_test(error: HelmError) -> HelmError:
+    """A failed `helm test` as TEST_FAILED naming the test that failed (a timeout stays a
+    timeout, a refused connection a connection error)."""
+    if error.kind in (HelmErrorKind.TIMEOUT, HelmErrorKind.CONNECTION, HelmErrorKind.FORBIDDEN):
+        return error
+    match = _FAILED_TEST.search(error.message)
+    what = f"test {match.group(1).lower()} {match.group(2)} failed" if match else error.message
+    return HelmError(
+        HelmErrorKind.TEST_FAILED,
+        error.command,
+        f"{what} ({HINTS[HelmErrorKind.TEST_FAILED]})",
+        returncode=error.returncode,
+    )

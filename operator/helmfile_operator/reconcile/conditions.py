@@ -14,6 +14,7 @@ STALLED = "Stalled"
 RELEASED = "Released"
 REMEDIATED = "Remediated"
 DRIFTED = "Drifted"
+TEST_SUCCESS = "TestSuccess"
 
 Status = Literal["True", "False", "Unknown"]
 

@@ -15,6 +15,7 @@ from helmfile_operator.metrics import Metrics
 from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.workqueue import WorkQueue, backoff_delay
 from helmfile_operator.settings import Settings
+from helmfile_operator.sources import VersionResolver
 
 STATE_LABEL = "helmfile.dev/state"
 FINALIZER = "helmfile.dev/finalizer"
@@ -147,6 +148,7 @@ class Reconciler:
     events: EventRecorder = field(default_factory=lambda: EventRecorder(None))
     manifests: ManifestCache = field(default_factory=ManifestCache)
     metrics: Metrics = field(default_factory=Metrics)
+    versions: VersionResolver = field(default_factory=VersionResolver)
     # Renders of states at once: each may use up to its memory budget (render/templates.py).
     render_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 

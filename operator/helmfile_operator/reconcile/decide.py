@@ -29,6 +29,7 @@ class Action(StrEnum):
     WAIT_FOR_LOCK = "wait for lock"  # pending-* that may belong to a live helm elsewhere
     RECOVER = "recover"  # stale pending-*: roll back to the last deployed revision, or uninstall
     REPORT_VALUES_ERROR = "report values error"  # valuesFrom unreadable / values invalid
+    REPORT_CHART_ERROR = "report chart error"  # the version range could not be resolved
     IN_SYNC = "in sync"  # nothing to do (no helm); check drift
     BACKOFF = "back off"  # the last attempt of these values failed; wait before the next
     STALLED = "stalled"  # terminal failure; re-evaluated every interval
@@ -77,6 +78,7 @@ class Observation:
     head_revision: int | None = None
     lock: Lock | None = None
     values_error: str | None = None
+    chart_error: bool = False  # the repository could not say which version the range means
     digest: str | None = None
     applied_digest: str | None = None
     applied_revision: int | None = None
@@ -109,6 +111,8 @@ def decide(obs: Observation) -> Decision:
         return Decision(Action.WAIT_FOR_LOCK, stale_after - obs.lock.age_seconds)
     if obs.values_error is not None:
         return Decision(Action.REPORT_VALUES_ERROR)
+    if obs.chart_error:
+        return Decision(Action.REPORT_CHART_ERROR)
     if (
         obs.head_deployed
         and obs.digest is not None

@@ -12,15 +12,32 @@ published, the Secret appeared) recovers without anyone touching it.
 
 from __future__ import annotations
 
-from helmfile_operator.helm import HelmError, HelmErrorKind
+from typing import Protocol
+
+from helmfile_operator.helm import HelmErrorKind
 from helmfile_operator.reconcile.release_context import ReleaseContext
+
+
+class Failure(Protocol):
+    """A failed step: a helm run (HelmError) or a repository asked for versions
+    (ChartSourceError); `message` is safe to show."""
+
+    @property
+    def kind(self) -> HelmErrorKind: ...
+
+    @property
+    def message(self) -> str: ...
+
+    @property
+    def retryable(self) -> bool: ...
+
 
 TRANSIENT_KINDS = frozenset(
     {HelmErrorKind.CONNECTION, HelmErrorKind.REPOSITORY_UNREACHABLE, HelmErrorKind.LOCKED}
 )
 
 
-def is_transient(error: HelmError) -> bool:
+def is_transient(error: Failure) -> bool:
     return error.kind in TRANSIENT_KINDS
 
 
@@ -42,8 +59,9 @@ def stall(ctx: ReleaseContext, reason: str, message: str, why: str) -> None:
     ctx.requeue(ctx.interval_seconds)
 
 
-def record_failure(ctx: ReleaseContext, reason: str, error: HelmError) -> None:
-    """A failed helm command: `status.failures` counts it; transient, terminal or retried."""
+def record_failure(ctx: ReleaseContext, reason: str, error: Failure) -> None:
+    """A failed helm command (or version lookup): `status.failures` counts it; transient,
+    terminal or retried."""
     ctx.status.failures += 1
     message = f"{error.kind}: {error.message}"
     retries = ctx.options.retries

@@ -17,7 +17,7 @@ from helmfile_operator.api.models import (
     HelmfileReleaseStatus,
     describe_validation_error,
 )
-from helmfile_operator.helm import HelmError
+from helmfile_operator.helm import HelmError, HelmErrorKind
 from helmfile_operator.kube import RELEASES, AccessDenied, FinalizerConflict
 from helmfile_operator.logs import object_fields
 from helmfile_operator.reconcile import conditions
@@ -37,10 +37,15 @@ from helmfile_operator.reconcile.context import (
 from helmfile_operator.reconcile.decide import Action, Attempt, Decision, Lock, Observation, decide
 from helmfile_operator.reconcile.failures import record_failure, retry_later, stall
 from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
-from helmfile_operator.reconcile.values import ValuesSourceError, final_values
+from helmfile_operator.reconcile.values import ValuesSourceError, final_values, repository_access
 from helmfile_operator.render.values import values_digest
+from helmfile_operator.sources import ChartSourceError, is_exact
+from helmfile_operator.sources.fetch import Access
 
 logger = logging.getLogger("helmfile_operator.release")
+
+# The Ready reason while the chart's repository cannot say which version a range stands for.
+CHART_UNAVAILABLE = "ChartUnavailable"
 
 
 async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
@@ -131,6 +136,8 @@ async def observe(ctx: ReleaseContext) -> Observation:
         )
     if spec.installed and lock is None:
         await _resolve_values(ctx)
+        if ctx.values_error is None:
+            await _resolve_chart(ctx)
     status = ctx.status
     last = status.last_attempted
     return dataclasses.replace(
@@ -140,6 +147,7 @@ async def observe(ctx: ReleaseContext) -> Observation:
         head_revision=storage.revision if storage is not None else None,
         lock=lock,
         values_error=ctx.values_error,
+        chart_error=ctx.chart_error is not None,
         digest=ctx.digest,
         applied_digest=status.last_applied_digest,
         applied_revision=status.revision,
@@ -158,14 +166,81 @@ async def observe(ctx: ReleaseContext) -> Observation:
 
 
 async def _resolve_values(ctx: ReleaseContext) -> None:
-    """Final values and their digest into the context, or the error that names the field."""
+    """Final values into the context, or the error that names the field."""
     try:
         resolved = await final_values(ctx.tenant_kube, ctx.key.namespace, ctx.spec)
         ctx.values, ctx.secret_strings = resolved.values, resolved.secret_strings
-        ctx.digest = values_digest(ctx.spec.chart, ctx.values)
+        values_digest(ctx.spec.chart, ctx.values)  # values JSON cannot hold fail here
     except (ValuesSourceError, ValueError) as error:  # ValueError: the values loader's bounds
         ctx.values, ctx.digest = None, None
         ctx.values_error = str(error)
+
+
+async def _resolve_chart(ctx: ReleaseContext) -> None:
+    """The chart with its version range (or "latest") resolved against what the repository
+    publishes now, and the digest of that chart and the values: a newly published version that
+    fits the range changes the digest, which upgrades the release like any other change."""
+    assert ctx.values is not None
+    chart, status = ctx.spec.chart, ctx.status
+    if is_exact(chart.version):
+        ctx.chart = chart
+        status.chart_version_range = status.resolved_chart_version = None
+    else:
+        wanted = chart.version or ""
+        try:
+            version = await ctx.reconciler.versions.resolve(
+                chart,
+                tenant=ctx.key.namespace,
+                max_age_seconds=ctx.interval_seconds,
+                refresh=ctx.refresh_sources,
+                access=lambda: _source_access(ctx),
+            )
+        except ChartSourceError as error:
+            if not _keep_last_resolution(ctx, error):
+                ctx.chart_error = error
+                return
+            version = status.resolved_chart_version or ""
+        ctx.chart = chart.model_copy(update={"version": version})
+        status.chart_version_range, status.resolved_chart_version = wanted, version
+    ctx.digest = values_digest(ctx.chart, ctx.values)
+    ready = conditions.find(status.conditions, conditions.READY)
+    if ready is not None and ready.reason == CHART_UNAVAILABLE:
+        # The source answers again: its failures do not count against the next helm run.
+        status.failures = 0
+        ctx.remove_condition(conditions.STALLED)
+
+
+def _keep_last_resolution(ctx: ReleaseContext, error: ChartSourceError) -> bool:
+    """An unreachable repository does not make a deployed release unready: the range keeps the
+    version it resolved to last (the next interval asks again). Any other error, or no earlier
+    resolution of this range, is the release's failure."""
+    status = ctx.status
+    if not error.retryable or status.resolved_chart_version is None:
+        return False
+    if status.chart_version_range != (ctx.spec.chart.version or ""):
+        return False
+    ctx.event(
+        "Warning",
+        "SourceUnavailable",
+        f"{error.message}; keeping version {status.resolved_chart_version} until it answers",
+    )
+    return True
+
+
+async def _source_access(ctx: ReleaseContext) -> Access:
+    """Credentials and CA of the chart's repository, read as the tenant when a fetch needs them."""
+    try:
+        credentials, ca_pem = await repository_access(
+            ctx.tenant_kube, ctx.key.namespace, ctx.spec.chart.repository
+        )
+    except ValuesSourceError as error:
+        raise ChartSourceError(HelmErrorKind.REPOSITORY_AUTH_FAILED, str(error)) from None
+    return Access(
+        username=credentials.username if credentials else None,
+        password=credentials.password if credentials else None,
+        ca_pem=ca_pem,
+        insecure_skip_tls_verify=ctx.spec.chart.repository.insecure_skip_tls_verify,
+    )
 
 
 def _unready_needs(ctx: ReleaseContext) -> list[str]:
@@ -213,6 +288,7 @@ def _handle_reconcile_request(ctx: ReleaseContext) -> None:
     requested = (ctx.body["metadata"].get("annotations") or {}).get(RECONCILE_REQUEST)
     if requested and requested != ctx.status.last_handled_reconcile_at:
         ctx.status.last_handled_reconcile_at = requested
+        ctx.refresh_sources = True
         ctx.status.failures = 0
         ctx.status.last_attempted = None
         ctx.remove_condition(conditions.STALLED)
@@ -317,6 +393,11 @@ async def _report_values_error(ctx: ReleaseContext, decision: Decision) -> None:
     ctx.requeue(min(ctx.reconciler.settings.retry_max_seconds / 5, ctx.interval_seconds))
 
 
+async def _report_chart_error(ctx: ReleaseContext, decision: Decision) -> None:
+    assert ctx.chart_error is not None
+    record_failure(ctx, CHART_UNAVAILABLE, ctx.chart_error)
+
+
 async def _in_sync(ctx: ReleaseContext, decision: Decision) -> None:
     status = ctx.status
     ready = conditions.find(status.conditions, conditions.READY)
@@ -351,6 +432,7 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.WAIT_FOR_LOCK: _wait_for_lock,
     Action.RECOVER: _recover,
     Action.REPORT_VALUES_ERROR: _report_values_error,
+    Action.REPORT_CHART_ERROR: _report_chart_error,
     Action.IN_SYNC: _in_sync,
     Action.BACKOFF: _nothing,
     Action.STALLED: _nothing,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helmfile_operator.api.models import (
+    ChartReference,
     HelmfileReleaseSpec,
     HelmfileReleaseStatus,
     HelmOptions,
@@ -19,6 +20,7 @@ from helmfile_operator.helm import ReleaseInfo, latest_from_secrets
 from helmfile_operator.kube import RELEASES, Kube
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import ObjectKey, Reconciler
+from helmfile_operator.sources import ChartSourceError
 
 logger = logging.getLogger("helmfile_operator.release")
 
@@ -94,6 +96,9 @@ class ReleaseContext:
     values: dict[str, Any] | None = None  # final values (may hold Secret data: memory only)
     secret_strings: list[str] = field(default_factory=list)  # scrubbed from helm's errors
     digest: str | None = None
+    chart: ChartReference | None = None  # spec.chart with its range resolved to one version
+    chart_error: ChartSourceError | None = None  # why the range could not be resolved
+    refresh_sources: bool = False  # a reconcile request: ask the repository again now
     values_error: str | None = None  # why the final values could not be resolved
     access_error: str | None = None  # why Helm's storage could not be read as the tenant
     requeue_after: float | None = None

@@ -17,6 +17,8 @@ from helmfile_operator import goyaml
 from helmfile_operator.api.models import HistoryEntry, InProgress, InventoryEntry, LastAttempt
 from helmfile_operator.helm import HelmError, ReleaseInfo
 from helmfile_operator.reconcile import conditions
+from helmfile_operator.reconcile.actions.chart_tests import run_chart_tests
+from helmfile_operator.reconcile.actions.crds import prepare_crds
 from helmfile_operator.reconcile.actions.remediate import remediate
 from helmfile_operator.reconcile.failures import record_failure
 from helmfile_operator.reconcile.release_context import ReleaseContext, Storage
@@ -50,6 +52,8 @@ def inventory(manifest: str, where: str = "the release manifest") -> list[Invent
 async def apply(ctx: ReleaseContext, verb: Verb) -> None:
     assert ctx.values is not None
     assert ctx.digest is not None
+    assert ctx.chart is not None
+    chart = ctx.chart
     try:
         credentials, ca_pem = await repository_access(
             ctx.tenant_kube, ctx.key.namespace, ctx.spec.chart.repository
@@ -59,21 +63,22 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
         ctx.requeue(ctx.reconciler.settings.retry_max_seconds / 5)
         return
     before = ctx.storage.revision if ctx.storage is not None else None
-    target = f"{ctx.spec.chart.name} {ctx.spec.chart.version or '(latest)'}"
+    target = f"{chart.name} {chart.version or '(latest)'}"
     ctx.status.in_progress = InProgress(
         action=verb,
         started_at=conditions.now(),
         digest=ctx.digest,
         revision_before=before,
-        chart_version=ctx.spec.chart.version,
+        chart_version=chart.version,
     )
     await ctx.starting(PROGRESSING[verb], f"{PROGRESSING[verb].lower()} {target}")
     started = time.monotonic()
     try:
+        skip_crds = await prepare_crds(ctx, verb, chart, credentials, ca_pem)
         result = await ctx.reconciler.helm.upgrade_install(
             release=ctx.spec.release_name,
             namespace=ctx.spec.target_namespace,
-            chart=ctx.spec.chart,
+            chart=chart,
             values=ctx.values,
             options=ctx.options,
             impersonate=ctx.impersonate,
@@ -81,6 +86,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
             ca_pem=ca_pem,
             redact=ctx.secret_strings,
             tenant=ctx.key.namespace,  # its own helm cache and its share of helm slots
+            skip_crds=skip_crds,
         )
     except HelmError as error:
         await _failed(ctx, verb, error, time.monotonic() - started, before)
@@ -88,6 +94,7 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
     record_success(ctx, verb, result, time.monotonic() - started)
     await ctx.flush()  # recorded before anything else can fail
     await _record_inventory(ctx)
+    await run_chart_tests(ctx, verb)
 
 
 def record_success(
