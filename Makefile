@@ -15,7 +15,7 @@ deps: ## install uv (cached) and sync the locked Python environment into .venv
 	@hack/bootstrap >/dev/null
 
 .PHONY: testbin
-testbin: ## build the control-plane, kwok and helm binaries from Go modules (cached)
+testbin: ## build the control-plane, kwok, helm and OCI registry binaries from Go modules (cached)
 	@hack/testbin >/dev/null
 
 .PHONY: generate

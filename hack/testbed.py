@@ -6,6 +6,9 @@
     hack/testbed status   say what runs
     hack/testbed env      print `export KUBECONFIG=... PATH=...` for a shell
 
+`OciRegistry` runs the distribution registry (TLS from the test bed's CA, htpasswd basic auth) for
+the tests; `up` does not start one.
+
 State (certificates, etcd data, logs, pid files, kubeconfig) lives in `.testbed/` at the repository
 root unless `--dir` or HELMFILE_OPERATOR_TESTBED_DIR says otherwise. The pytest fixtures import this
 module and run a private test bed in a temporary directory when none is running.
@@ -29,8 +32,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = REPO_ROOT / ".testbed"
@@ -87,6 +95,144 @@ def _pid_start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def _recorded_pid(pid_file: Path) -> int | None:
+    """The pid from a pid file, if that process still runs the binary we started."""
+    try:
+        record = json.loads(pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = int(record["pid"])
+    if not _pid_alive(pid) or _pid_start_time(pid) != record.get("started"):
+        return None  # gone, or the pid was reused by an unrelated process
+    return pid
+
+
+def _spawn(
+    binary: Path,
+    args: list[str],
+    log_file: Path,
+    pid_file: Path,
+    cwd: Path,
+    env: dict[str, str] | None,
+) -> subprocess.Popen[bytes]:
+    """Start a process, output appended to `log_file`, recorded (pid, start time) in `pid_file`."""
+    with log_file.open("ab") as log:
+        # A new session: the process outlives `hack/testbed up` and ignores the terminal's ^C.
+        process = subprocess.Popen(
+            [str(binary), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+    record = {"pid": process.pid, "binary": str(binary), "started": _pid_start_time(process.pid)}
+    pid_file.write_text(json.dumps(record))
+    return process
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    """SIGTERM one process (never its group), SIGKILL it after `timeout`, return once it is gone."""
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        while _pid_alive(pid):
+            time.sleep(0.05)
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _write_ca(pki: Path) -> None:
+    """A self-signed CA (`ca.crt`, `ca.key`) that signs every certificate of the test bed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "helmfile-operator-testbed-ca")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(pki / "ca.key", ca_key)
+    (pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def issue_serving_cert(pki: Path, common_name: str, sans: Sequence[str], out: Path) -> None:
+    """`out`.crt and `out`.key: a serving certificate for `sans` (IP addresses or DNS names),
+    signed by the CA in `pki` (`ca.crt`, `ca.key`), so clients that trust the test bed trust it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    names: list[x509.GeneralName] = []
+    for san in sans:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(san)))
+        except ValueError:
+            names.append(x509.DNSName(san))
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    _write_key(out.parent / f"{out.name}.key", key)
+    (out.parent / f"{out.name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 @dataclass
 class Testbed:
     """One control plane whose files all live under `root`."""
@@ -119,14 +265,7 @@ class Testbed:
 
     def running_pid(self, component: str) -> int | None:
         """The pid from the pid file, if that process still runs the binary we started."""
-        try:
-            record = json.loads(self.pid_file(component).read_text())
-        except (OSError, ValueError):
-            return None
-        pid = int(record["pid"])
-        if not _pid_alive(pid) or _pid_start_time(pid) != record.get("started"):
-            return None  # gone, or the pid was reused by an unrelated process
-        return pid
+        return _recorded_pid(self.pid_file(component))
 
     def status(self) -> dict[str, int | None]:
         return {component: self.running_pid(component) for component in COMPONENTS + EXTRAS}
@@ -232,6 +371,10 @@ class Testbed:
             [
                 f"--kubeconfig={self.kubeconfig}",
                 f"--config={bins / 'kwok-stages.yaml'}",
+                # Ours on top of kwok's stock stages: with no container runtime, a pod's
+                # testbed.helmfile.dev/exit-code annotation stands for its container's exit code,
+                # so pods outside Jobs (`helm test` hooks) can end Succeeded or Failed.
+                f"--config={REPO_ROOT / 'hack' / 'testbed-stages.yaml'}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--node-ip=127.0.0.1",
@@ -256,12 +399,7 @@ class Testbed:
         for component in reversed(COMPONENTS + EXTRAS):
             pid = self.running_pid(component)
             if pid is not None:
-                os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + timeout
-                while _pid_alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if _pid_alive(pid):
-                    os.kill(pid, signal.SIGKILL)
+                _terminate(pid, timeout)
                 stopped.append(component)
             self.pid_file(component).unlink(missing_ok=True)
         return stopped
@@ -290,24 +428,8 @@ class Testbed:
     def _start(
         self, component: str, binary: Path, args: list[str], env: dict[str, str] | None = None
     ) -> None:
-        log = (self.logs / f"{component}.log").open("ab")
-        # A new session: the process outlives `hack/testbed up` and ignores the terminal's ^C.
-        process = subprocess.Popen(
-            [str(binary), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.root,
-            env=env,
-            start_new_session=True,
-        )
-        log.close()
-        record = {
-            "pid": process.pid,
-            "binary": str(binary),
-            "started": _pid_start_time(process.pid),
-        }
-        self.pid_file(component).write_text(json.dumps(record))
+        log_file = self.logs / f"{component}.log"
+        _spawn(binary, args, log_file, self.pid_file(component), self.root, env)
 
     def _wait(self, check: object, timeout: float, message: str, component: str) -> None:
         assert callable(check)
@@ -426,82 +548,14 @@ class Testbed:
         """A CA, a serving certificate for 127.0.0.1, the ServiceAccount keys, an admin token."""
         if (self.pki / "apiserver.crt").exists():
             return
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
 
-        def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-            path.write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
-            path.chmod(0o600)
-
-        now = datetime.datetime.now(datetime.UTC)
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, "helmfile-operator-testbed-ca")]
-        )
-        ca_cert = (
-            x509.CertificateBuilder()
-            .subject_name(ca_name)
-            .issuer_name(ca_name)
-            .public_key(ca_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
-        server_key = ec.generate_private_key(ec.SECP256R1())
-        sans = [
-            x509.DNSName("localhost"),
-            x509.DNSName("kubernetes"),
-            x509.DNSName("kubernetes.default.svc"),
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-            x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
-        ]
-        server_cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
-            .issuer_name(ca_name)
-            .public_key(server_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=3650))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
-            .sign(ca_key, hashes.SHA256())
-        )
+        _write_ca(self.pki)
+        sans = ["localhost", "kubernetes", "kubernetes.default.svc", "127.0.0.1", "10.96.0.1"]
+        issue_serving_cert(self.pki, "kube-apiserver", sans, self.pki / "apiserver")
         sa_key = ec.generate_private_key(ec.SECP256R1())
-
-        write_key(self.pki / "ca.key", ca_key)
-        (self.pki / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-        write_key(self.pki / "apiserver.key", server_key)
-        (self.pki / "apiserver.crt").write_bytes(
-            server_cert.public_bytes(serialization.Encoding.PEM)
-        )
-        write_key(self.pki / "sa.key", sa_key)
+        _write_key(self.pki / "sa.key", sa_key)
         (self.pki / "sa.pub").write_bytes(
             sa_key.public_key().public_bytes(
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -512,6 +566,123 @@ class Testbed:
         (self.pki / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
         for path in (self.pki / "admin.token", self.pki / "tokens.csv"):
             path.chmod(0o600)
+
+
+class OciRegistry:
+    """The distribution registry (built by hack/testbin) on 127.0.0.1, serving TLS signed by the
+    CA in `ca_dir` (a test bed's pki) and requiring basic auth; its files all live under `root`.
+
+    `start()` after `stop()` serves the same data on the same port, so tests can take it away and
+    bring it back. `up` never starts one: the tests do.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        ca_dir: Path,
+        *,
+        port: int = 0,
+        username: str = "testbed",
+        password: str | None = None,
+        binary: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.ca_dir = ca_dir
+        self.port = port  # 0: a free one, chosen by the first start() and kept
+        self.username = username
+        self.password = password or secrets.token_urlsafe(18)
+        self.binary = binary
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.ca_dir / "ca.crt"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "registry.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "registry.pid"
+
+    def running_pid(self) -> int | None:
+        return _recorded_pid(self.pid_file)
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the registry unless it runs; return once it answers on its port."""
+        if self.running_pid() is not None:
+            return
+        import bcrypt
+        import yaml
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        if not (self.root / "tls.crt").exists():
+            issue_serving_cert(self.ca_dir, "oci-registry", ["127.0.0.1"], self.root / "tls")
+        # The registry checks bcrypt on every request: the lowest cost keeps pushes quick, and a
+        # random per-run password on loopback needs no stretching.
+        digest = bcrypt.hashpw(self.password.encode(), bcrypt.gensalt(rounds=4)).decode()
+        htpasswd = self.root / "htpasswd"
+        htpasswd.write_text(f"{self.username}:{digest}\n")
+        htpasswd.chmod(0o600)
+        config = {
+            "version": 0.1,
+            "log": {"level": "info", "formatter": "text"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.root / "data")},
+                "delete": {"enabled": True},
+                "maintenance": {"uploadpurging": {"enabled": False}},
+            },
+            "http": {
+                "addr": self.host,
+                "secret": secrets.token_hex(16),
+                "tls": {
+                    "certificate": str(self.root / "tls.crt"),
+                    "key": str(self.root / "tls.key"),
+                },
+            },
+            "auth": {"htpasswd": {"realm": "helmfile-operator-testbed", "path": str(htpasswd)}},
+        }
+        config_file = self.root / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config))
+        # REGISTRY_* variables would override the config; tracing would export to localhost:4318.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "OTEL_"))}
+        env["OTEL_TRACES_EXPORTER"] = "none"
+        binary = self.binary or testbin_dir() / "registry"
+        self._process = _spawn(
+            binary, ["serve", str(config_file)], self.log_file, self.pid_file, self.root, env
+        )
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise TestbedError(f"the OCI registry did not start; see {self.log_file}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop exactly the process `start` started (from its pid file) and wait for it."""
+        pid = self.running_pid()
+        if pid is not None:
+            _terminate(pid, timeout)
+        if self._process is not None:
+            self._process.wait()  # reap it: the pid is ours until then
+            self._process = None
+        self.pid_file.unlink(missing_ok=True)
+
+    def _answers(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(f"https://{self.host}/v2/", context=context, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True  # 401: up, and asking for credentials
+        except OSError:
+            return False
 
 
 def main(argv: list[str] | None = None) -> int:

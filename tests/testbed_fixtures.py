@@ -1,4 +1,5 @@
-"""Session fixtures for integration tests: the control plane, a namespace per test, a chart repo.
+"""Session fixtures for integration tests: the control plane, a namespace per test, a chart repo,
+an OCI registry holding the same charts.
 
 Kept out of conftest.py so that unit tests never import (or build) anything of the test bed.
 """
@@ -65,6 +66,12 @@ class Cluster:
 
     def kubectl_json(self, *argv: str) -> Any:
         return json.loads(self.run("kubectl", *argv, "-o", "json").stdout)
+
+    @property
+    def pki(self) -> Path:
+        """The test bed's CA (ca.crt, ca.key) and certificates: private or reused, it is beside
+        the kubeconfig."""
+        return self.kubeconfig.parent / "pki"
 
 
 def _reusable_testbed() -> Path | None:
@@ -148,6 +155,108 @@ def chart_repo(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> It
         server.shutdown()
         server.server_close()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def demo_app_as(name: str, version: str, directory: Path) -> Path:
+    """tests/charts/demo-app copied under `directory` as chart `name` at `version`, for tests
+    that publish versions while they run."""
+    source = directory / f"{name}-{version}"
+    shutil.copytree(REPO_ROOT / "tests" / "charts" / "demo-app", source)
+    chart_yaml = source / "Chart.yaml"
+    text = chart_yaml.read_text().replace("name: demo-app", f"name: {name}")
+    chart_yaml.write_text(text.replace("version: 0.1.0", f"version: {version}"))
+    return source
+
+
+@dataclass
+class OciRegistry:
+    """A running distribution registry with basic auth and TLS from the test bed's CA.
+
+    `registry_config` is a helm registry config logged in to it (private to this registry), so
+    `helm_args` is all a raw helm command needs; `stop()` and `start()` take it away and bring it
+    back on the same port with the same data.
+    """
+
+    url: str  # oci://127.0.0.1:PORT/charts
+    host: str  # 127.0.0.1:PORT
+    username: str
+    password: str
+    ca_pem: str
+    ca_file: Path
+    registry_config: Path
+    cluster: Cluster
+    process: testbed_module.OciRegistry
+
+    @property
+    def helm_args(self) -> list[str]:
+        return ["--registry-config", str(self.registry_config), "--ca-file", str(self.ca_file)]
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def push(self, chart: Path) -> str:
+        """Push a chart directory (packaged first) or .tgz under `url`; returns its oci:// ref."""
+        with tempfile.TemporaryDirectory() as scratch:
+            if chart.is_dir():
+                self.cluster.run("helm", "package", str(chart), "--destination", scratch)
+                (chart,) = Path(scratch).glob("*.tgz")
+            result = self.cluster.run("helm", "push", str(chart), self.url, *self.helm_args)
+        # helm prints "Pushed: 127.0.0.1:PORT/charts/NAME:VERSION" (the stream varies by version).
+        pushed = next(
+            line.split(":", 1)[1].strip()
+            for line in (result.stdout + result.stderr).splitlines()
+            if line.startswith("Pushed:")
+        )
+        return f"oci://{pushed}"
+
+
+@contextlib.contextmanager
+def _oci_registry(cluster: Cluster, root: Path) -> Iterator[OciRegistry]:
+    """Start a registry under `root`, log helm in to it (password on stdin, never on argv)."""
+    binary = cluster.bin_dir / "registry"
+    process = testbed_module.OciRegistry(root / "registry", cluster.pki, binary=binary)
+    process.start()
+    try:
+        registry = OciRegistry(
+            url=f"oci://{process.host}/charts",
+            host=process.host,
+            username=process.username,
+            password=process.password,
+            ca_pem=process.ca_file.read_text(),
+            ca_file=process.ca_file,
+            registry_config=root / "helm-registry.json",
+            cluster=cluster,
+            process=process,
+        )
+        cluster.run(
+            "helm", "registry", "login", registry.host, "--username", registry.username,
+            "--password-stdin", *registry.helm_args, input=registry.password,
+        )  # fmt: skip
+        yield registry
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="session")
+def oci_registry(
+    cluster: Cluster, chart_repo: ChartRepo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OciRegistry]:
+    """The charts of `chart_repo`, pushed to a session-wide registry. Tests that stop it must
+    start it again; one that wants to break a registry takes `private_oci_registry`."""
+    with _oci_registry(cluster, tmp_path_factory.mktemp("oci-registry")) as registry:
+        for chart in sorted(chart_repo.directory.glob("*.tgz")):
+            registry.push(chart)
+        yield registry
+
+
+@pytest.fixture
+def private_oci_registry(cluster: Cluster, tmp_path: Path) -> Iterator[OciRegistry]:
+    """An empty registry of this test's own (push what it needs), stopped after it."""
+    with _oci_registry(cluster, tmp_path) as registry:
+        yield registry
 
 
 class OperatorProcess:

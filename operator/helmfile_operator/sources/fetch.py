@@ -119,7 +119,9 @@ async def registry_tags(
             if response.status == 401 and not headers:
                 headers = await _authorize(session, response, repository, where, access)
                 response, body = await _request(session, next_url, where, access, headers=headers)
-            _check(response.status, where, access, not_found=f"{where}: no chart {chart!r}")
+            _check(
+                response.status, where, access, not_found=f"chart {chart!r} not found in {where}"
+            )
             try:
                 page = json.loads(body)
             except ValueError:

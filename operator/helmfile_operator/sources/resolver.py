@@ -97,7 +97,7 @@ class VersionResolver:
         where = f"{'registry' if key.chart else 'repository'} {repository.url}"
         if not available:
             raise ChartSourceError(
-                HelmErrorKind.CHART_NOT_FOUND, f"{where} has no chart {chart.name!r}"
+                HelmErrorKind.CHART_NOT_FOUND, f"chart {chart.name!r} not found in {where}"
             )
         try:
             version = select_version(chart.version, available)
