@@ -15,6 +15,7 @@ from helmfile_operator.kube import RELEASES
 from helmfile_operator.reconcile.context import ObjectKey
 from helmfile_operator.reconcile.workqueue import MAX_BACKOFF_EXPONENT, WorkQueue, backoff_delay
 from helmfile_operator.settings import Settings
+from helmfile_operator.sources.resolver import SourceKey, _Entry
 
 
 def controller(kube: FakeKube, **settings: Any) -> Controller:
@@ -137,6 +138,21 @@ async def test_deleted_release_leaves_no_trace() -> None:
     assert ctl.index.get("apps", "web") is None
     assert len(ctl.reconciler.manifests) == 0
     assert ctl.queue.tracked == 0
+    ctl.queue.shutdown()
+
+
+async def test_the_last_release_of_a_namespace_takes_its_cached_versions_along() -> None:
+    kube = FakeKube()
+    ctl = controller(kube)
+    web, db = kube.create(RELEASES, suspended("web")), kube.create(RELEASES, suspended("db"))
+    for body in (web, db):
+        ctl.on_release_event("ADDED", body)
+    versions = ctl.reconciler.versions
+    versions._entries[SourceKey("apps", "https://r", None, None, None, False)] = _Entry(0, {})
+    ctl.on_release_event("DELETED", web)
+    assert len(versions) == 1  # db still uses it
+    ctl.on_release_event("DELETED", db)
+    assert len(versions) == 0
     ctl.queue.shutdown()
 
 

@@ -221,6 +221,8 @@ class Controller:
         if previous is None:
             return
         self.reconciler.manifests.evict(previous.target)
+        if not self.reconciler.index.in_namespace(key.namespace):
+            self.reconciler.versions.forget(key.namespace)  # its repositories' versions
         # Releases it needed may be waiting for it to go (reverse-order uninstall).
         for need in previous.needs:
             self.queue.add(ObjectKey("HelmfileRelease", key.namespace, need))

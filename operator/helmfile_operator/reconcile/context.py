@@ -65,6 +65,10 @@ class ReleaseIndex:
         self._claims.setdefault(entry.target, set()).add((namespace, name))
         return previous
 
+    def in_namespace(self, namespace: str) -> bool:
+        """Whether any HelmfileRelease of `namespace` is indexed."""
+        return any(ns == namespace for ns, _ in self.releases)
+
     def pop(self, namespace: str, name: str) -> IndexedRelease | None:
         previous = self.releases.pop((namespace, name), None)
         if previous is not None:
