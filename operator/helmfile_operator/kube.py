@@ -67,6 +67,12 @@ class Kube:
         self._as.move_to_end(identity)
         return kube
 
+    @property
+    def _account(self) -> str:
+        """`namespace/name` of the impersonated ServiceAccount, as messages name it."""
+        identity = self.identity or ""
+        return identity.removeprefix("system:serviceaccount:").replace(":", "/", 1)
+
     def _denied(self, error: ApiException, verb: str, resource: str, namespace: str) -> Exception:
         if error.status != 403 or self.identity is None:
             return error
@@ -75,10 +81,10 @@ class Kube:
                 f"forbidden: the operator may not impersonate {self.identity}; grant its "
                 "ServiceAccount `impersonate` on serviceaccounts"
             )
-        account = self.identity.removeprefix("system:serviceaccount:").replace(":", "/", 1)
         return AccessDenied(
             f"forbidden: {self.identity} may not {verb} {resource} in namespace {namespace}; "
-            f"grant ServiceAccount {account} `{verb}` on {resource} there (Role and RoleBinding)"
+            f"grant ServiceAccount {self._account} `{verb}` on {resource} there (Role and "
+            "RoleBinding)"
         )
 
     @classmethod
@@ -213,10 +219,9 @@ class Kube:
     def _denied_cluster(self, error: ApiException, verb: str, name: str) -> Exception:
         if error.status != 403 or self.identity is None:
             return error
-        account = self.identity.removeprefix("system:serviceaccount:").replace(":", "/", 1)
         return AccessDenied(
             f"forbidden: {self.identity} may not {verb} customresourcedefinitions ({name}); "
-            f"grant ServiceAccount {account} `create`, `get` and `patch` on "
+            f"grant ServiceAccount {self._account} `create`, `get` and `patch` on "
             "customresourcedefinitions (a ClusterRole and ClusterRoleBinding), or use `Skip`"
         )
 

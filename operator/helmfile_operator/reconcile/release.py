@@ -166,11 +166,12 @@ async def observe(ctx: ReleaseContext) -> Observation:
 
 
 async def _resolve_values(ctx: ReleaseContext) -> None:
-    """Final values into the context, or the error that names the field."""
+    """Final values and their digest (with the spec's chart) into the context, or the error
+    that names the field."""
     try:
         resolved = await final_values(ctx.tenant_kube, ctx.key.namespace, ctx.spec)
         ctx.values, ctx.secret_strings = resolved.values, resolved.secret_strings
-        values_digest(ctx.spec.chart, ctx.values)  # values JSON cannot hold fail here
+        ctx.digest = values_digest(ctx.spec.chart, ctx.values)
     except (ValuesSourceError, ValueError) as error:  # ValueError: the values loader's bounds
         ctx.values, ctx.digest = None, None
         ctx.values_error = str(error)
@@ -179,7 +180,8 @@ async def _resolve_values(ctx: ReleaseContext) -> None:
 async def _resolve_chart(ctx: ReleaseContext) -> None:
     """The chart with its version range (or "latest") resolved against what the repository
     publishes now, and the digest of that chart and the values: a newly published version that
-    fits the range changes the digest, which upgrades the release like any other change."""
+    fits the range changes the digest, which upgrades the release like any other change. An
+    exact version keeps the digest `_resolve_values` computed."""
     assert ctx.values is not None
     chart, status = ctx.spec.chart, ctx.status
     if is_exact(chart.version):
@@ -202,7 +204,7 @@ async def _resolve_chart(ctx: ReleaseContext) -> None:
             version = status.resolved_chart_version or ""
         ctx.chart = chart.model_copy(update={"version": version})
         status.chart_version_range, status.resolved_chart_version = wanted, version
-    ctx.digest = values_digest(ctx.chart, ctx.values)
+        ctx.digest = values_digest(ctx.chart, ctx.values)
     ready = conditions.find(status.conditions, conditions.READY)
     if ready is not None and ready.reason == CHART_UNAVAILABLE:
         # The source answers again: its failures do not count against the next helm run.
