@@ -23,7 +23,7 @@ CONDITIONS = (
     "jsonpath={range .status.conditions[*]}{.type}={.status} ({.reason}): {.message}{'\\n'}{end}"
 )
 SUMMARY = (
-    "jsonpath={.status.plan}{'\\n'}{range .status.releases[*]}{.name}: ready={.ready} "
+    "jsonpath={.status.order}{'\\n'}{range .status.releases[*]}{.name}: ready={.ready} "
     "revision={.revision} chart={.chartVersion}{'\\n'}{end}"
 )
 

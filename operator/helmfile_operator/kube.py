@@ -282,6 +282,19 @@ class Kube:
             raise self._denied(error, "get", "configmaps", namespace) from None
         return result
 
+    async def apply_secret(self, namespace: str, body: Body) -> None:
+        """Server-side apply of a Secret the operator owns (a plan's text diff)."""
+        try:
+            await self._request(
+                "PATCH",
+                self._core("secrets", namespace, body["metadata"]["name"]),
+                query={"fieldManager": FIELD_MANAGER, "force": "true"},
+                body=body,
+                content_type=APPLY_PATCH,
+            )
+        except ApiException as error:
+            raise self._denied(error, "patch", "secrets", namespace) from None
+
     async def helm_storage(self, namespace: str, release: str) -> list[Body]:
         """Helm's release Secrets (one per revision) of a release."""
         try:

@@ -86,6 +86,11 @@ class Metrics:
         self.drifted_releases = Gauge(
             "helmfile_operator_drifted_releases", "Releases currently drifted.", registry=r
         )
+        self.plans_awaiting_approval = Gauge(
+            "helmfile_operator_plans_awaiting_approval",
+            "HelmfileReleases whose plan waits for an approval (manual approval).",
+            registry=r,
+        )
         self.helm_in_flight = Gauge(
             "helmfile_operator_helm_in_flight", "helm processes running now.", registry=r
         )

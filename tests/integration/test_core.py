@@ -53,7 +53,7 @@ def test_example_converges_in_needs_order(
     assert state["status"]["counts"]["total"] == 6
     assert state["status"]["counts"]["ready"] == 6
     assert state["status"]["counts"]["disabled"] == 1  # metrics-exporter: exporter.enabled false
-    assert state["status"]["plan"][0] == [f"{namespace}/redis", f"{namespace}/preprocessing"]
+    assert state["status"]["order"][0] == [f"{namespace}/redis", f"{namespace}/preprocessing"]
     releases = helm_releases(cluster, namespace)
     assert sorted(releases) == [
         "feature-store-proxy", "model-server", "preprocessing", "redis", "result-queue",

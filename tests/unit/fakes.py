@@ -278,6 +278,11 @@ class FakeKube:
         config_map = self.config_maps.get((namespace, name))
         return copy.deepcopy(config_map) if config_map is not None else None
 
+    async def apply_secret(self, namespace: str, body: Body) -> None:
+        await asyncio.sleep(0)
+        self.writes.append(Write("apply_secret", "secrets", namespace, body["metadata"]["name"]))
+        self.secrets[(namespace, body["metadata"]["name"])] = copy.deepcopy(body)
+
     async def helm_storage(self, namespace: str, release: str) -> list[Body]:
         await asyncio.sleep(0)
         return [
@@ -383,6 +388,7 @@ class FakeHelm:
     def __init__(self, kube: FakeKube) -> None:
         self.kube = kube
         self.calls: list[HelmCall] = []
+        self.dry_runs: list[HelmCall] = []  # plans: `upgrade --install --dry-run=server`
         self.failures: dict[str, HelmError] = {}
         self.in_flight = 0
 
@@ -420,8 +426,11 @@ class FakeHelm:
         values: dict[str, Any],
         options: HelmOptions,
         impersonate: str | None = None,
+        dry_run: bool = False,
         **extra: Any,
     ) -> ReleaseInfo:
+        if dry_run:
+            return await self._dry_run(release, namespace, chart, values, impersonate)
         self._record(
             "upgrade_install",
             release,
@@ -454,6 +463,33 @@ class FakeHelm:
             chart_name=chart.name,
             chart_version=chart.version or "1.0.0",
             app_version="1.0",
+        )
+
+    async def _dry_run(
+        self,
+        release: str,
+        namespace: str,
+        chart: ChartReference,
+        values: dict[str, Any],
+        impersonate: str | None,
+    ) -> ReleaseInfo:
+        """`--dry-run=server`: recorded apart from the actions (`dry_runs`), stores nothing."""
+        self.dry_runs.append(
+            HelmCall("dry_run", release, namespace, {"impersonate": impersonate, "values": values})
+        )
+        await asyncio.sleep(0)
+        error = self.failures.get("dry_run")
+        if error is not None:
+            raise error
+        return ReleaseInfo(
+            name=release,
+            namespace=namespace,
+            revision=self._next_revision(namespace, release),
+            status="pending-upgrade",
+            chart_name=chart.name,
+            chart_version=chart.version or "1.0.0",
+            app_version="1.0",
+            manifest=render_manifest(release, values),
         )
 
     async def uninstall(

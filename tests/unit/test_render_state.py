@@ -88,7 +88,7 @@ def test_minimal_release() -> None:
     state = render([release("cache")])
     assert state.environment == "default"
     assert state.values == {}
-    assert state.plan == [["apps/cache"]]
+    assert state.order == [["apps/cache"]]
     (rendered,) = state.releases
     assert rendered.id == "apps/cache"
     assert rendered.template_name == "cache"
@@ -422,7 +422,7 @@ def test_needs_by_name_and_namespace_name() -> None:
         ]
     )
     assert state.releases[2].spec.needs == ["platform-db", "platform-queue"]
-    assert state.plan == [["apps/db", "mq/queue"], ["apps/api"]]
+    assert state.order == [["apps/db", "mq/queue"], ["apps/api"]]
 
 
 def test_needs_with_duplicate_names() -> None:
@@ -444,7 +444,7 @@ def test_needs_with_duplicate_names() -> None:
     ]
     # a bare name prefers the release's own namespace
     assert by_id["other/worker"].spec.needs == [by_id["other/db"].resource_name]
-    assert state.plan == [["apps/db", "other/db", "mq/queue"], ["apps/api", "other/worker"]]
+    assert state.order == [["apps/db", "other/db", "mq/queue"], ["apps/api", "other/worker"]]
 
 
 def test_ambiguous_need() -> None:
@@ -504,7 +504,7 @@ def test_plan_groups() -> None:
             release("metrics"),
         ]
     )
-    assert state.plan == [
+    assert state.order == [
         ["apps/cache", "apps/db", "apps/metrics"],
         ["apps/api"],
         ["apps/frontend"],
@@ -622,7 +622,7 @@ def test_render_state_is_deterministic(wire: dict[str, Any]) -> None:
     reread = HelmfileStateSpec.model_validate(make_spec(**wire).to_wire())
     assert render_state(META, reread) == first
     # every release once in the plan; needs point to earlier groups
-    group_of = {rid: k for k, group in enumerate(first.plan) for rid in group}
+    group_of = {rid: k for k, group in enumerate(first.order) for rid in group}
     assert sorted(group_of) == sorted(r.id for r in first.releases)
     by_name = {r.resource_name: r.id for r in first.releases}
     assert len(by_name) == len(first.releases)

@@ -134,7 +134,7 @@ async def test_renders_children_with_owner_references_and_labels(world: World) -
     st = state(world)["status"]
     assert st["observedGeneration"] == 1
     assert st["environment"] == "default"
-    assert st["plan"] == [[f"{NAMESPACE}/db"], [f"{NAMESPACE}/api"]]
+    assert st["order"] == [[f"{NAMESPACE}/db"], [f"{NAMESPACE}/api"]]
     assert st["counts"] == {"total": 2, "ready": 0, "failed": 0, "pending": 2, "disabled": 0}
     reconciling = condition(state(world), "Reconciling")
     assert reconciling is not None and reconciling["reason"] == "Progressing"

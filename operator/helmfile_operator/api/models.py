@@ -174,6 +174,33 @@ class DriftDetection(Model):
     )
 
 
+class ApprovalMode(StrEnum):
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class Approval(Model):
+    """Whether a computed plan is applied at once or waits for someone to approve it."""
+
+    mode: ApprovalMode = Field(
+        default=ApprovalMode.AUTO,
+        description="`auto`: apply each plan as soon as it is computed (it is still recorded "
+        "first); `manual`: stop after the plan (`Ready=False`, reason `AwaitingApproval`) until "
+        "the annotation `helmfile.dev/approve: <plan id>` approves exactly that plan.",
+    )
+
+
+class Rollout(Model):
+    """How the releases changed by one generation of a state roll out together."""
+
+    atomic: bool = Field(
+        default=False,
+        description="`true`: when one release of the rollout fails (after its own "
+        "remediation), the releases already upgraded by it are rolled back to their revisions "
+        "from before it, in reverse `needs` order, and those not yet started are held.",
+    )
+
+
 class CrdPolicy(StrEnum):
     SKIP = "Skip"
     CREATE = "Create"
@@ -418,6 +445,9 @@ class ReleaseTemplate(Model):
         default=None,
         description="Drift detection of this release. Default: the state's `driftDetection`.",
     )
+    approval: Approval | None = Field(
+        default=None, description="Approval of this release's plans. Default: the state's."
+    )
 
 
 class DeletionPolicy(StrEnum):
@@ -465,6 +495,16 @@ class HelmfileStateSpec(Model):
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.UNINSTALL,
         description="`Keep` leaves the Helm releases installed when the state is deleted.",
+    )
+    approval: Approval | None = Field(
+        default=None,
+        description="Approval of every release's plans (a release's own setting wins). "
+        "Default: `auto`.",
+    )
+    rollout: Rollout | None = Field(
+        default=None,
+        description="How one generation's changes roll out. Default: release by release "
+        "(`atomic: false`).",
     )
     releases: list[ReleaseTemplate] = Field(
         default_factory=list,
@@ -556,6 +596,9 @@ class HelmfileReleaseSpec(Model):
     drift_detection: DriftDetection | None = Field(
         default=None, description="Drift detection of this release. Default: disabled."
     )
+    approval: Approval | None = Field(
+        default=None, description="Approval of this release's plans. Default: `auto`."
+    )
 
     def helm_options(self) -> HelmOptions:
         return merge_helm_options(DEFAULT_HELM_OPTIONS, self.helm)
@@ -645,6 +688,95 @@ class DriftStatus(Model):
     )
 
 
+class PlannedObject(Model):
+    """One object a plan changes: what happens to it and which fields change, never values."""
+
+    api_version: str = Field(description="apiVersion of the object, e.g. `apps/v1`.")
+    kind: str = Field(description="Kind of the object, e.g. `Deployment`.")
+    name: str = Field(description="Name of the object.")
+    namespace: str | None = Field(
+        default=None, description="Namespace of the object; none for cluster-scoped objects."
+    )
+    action: Literal["create", "update", "delete"] = Field(
+        description="`create`, `update` or `delete`."
+    )
+    paths: list[str] = Field(
+        default_factory=list, description="JSON pointers that change (`update` only)."
+    )
+
+
+class PlanCounts(Model):
+    """Objects of a plan by what happens to them."""
+
+    create: int = Field(default=0, description="Objects created.")
+    update: int = Field(default=0, description="Objects changed.")
+    delete: int = Field(default=0, description="Objects deleted.")
+    unchanged: int = Field(default=0, description="Objects of the manifest left as they are.")
+
+
+class ReleasePlan(Model):
+    """What the last change of the release does (or will do, once approved)."""
+
+    id: str = Field(
+        description="Identifies the desired state planned for (spec generation, chart version, "
+        "values): approve with `helmfile.dev/approve: <id>`."
+    )
+    action: Literal["install", "upgrade", "uninstall"] = Field(
+        description="`install`, `upgrade` or `uninstall`."
+    )
+    phase: Literal["AwaitingApproval", "Approved", "Applied", "Failed"] = Field(
+        description="`AwaitingApproval` (manual approval), `Approved` (being applied), "
+        "`Applied` or `Failed` (the action failed; see the Ready condition)."
+    )
+    computed_at: str = Field(description=f"When the plan was computed: {_TIMESTAMP}.")
+    digest: str | None = Field(
+        default=None, description=f"Digest planned for: {_DIGEST} (none for an uninstall)."
+    )
+    chart_version_from: str | None = Field(
+        default=None, description="Chart version deployed before; none for an install."
+    )
+    chart_version_to: str | None = Field(
+        default=None, description="Chart version the plan deploys; none for an uninstall."
+    )
+    counts: PlanCounts = Field(
+        default_factory=PlanCounts, description="Objects by what happens to them."
+    )
+    objects: list[PlannedObject] = Field(
+        default_factory=list,
+        description="The objects that change, in manifest order (at most 100; `counts` has all).",
+    )
+    values: list[str] = Field(
+        default_factory=list,
+        description="JSON pointers of the values that change (at most 100; never the values).",
+    )
+    diff_secret: str | None = Field(
+        default=None,
+        description="Secret (same namespace, owned by this object) holding the full text diff, "
+        "Secret data masked: readable only by who may read the namespace's Secrets.",
+    )
+    message: str = Field(
+        default="",
+        description="What the plan could not know or store (e.g. the dry run failed, or the "
+        "diff Secret could not be written), or why an approval was refused.",
+    )
+    refused_approval: str | None = Field(
+        default=None,
+        description="An approval that was refused because it names another plan (stale).",
+    )
+
+
+class RolloutHold(Model):
+    """Set while an atomic rollout of the owning state holds this release (no helm runs)."""
+
+    rollout: str = Field(description="The rollout (state name and generation).")
+    rolled_back_to: int | None = Field(
+        default=None, description="Revision this release was rolled back to, when it was."
+    )
+    revision: int | None = Field(
+        default=None, description="Revision the rollback created (it holds `rolledBackTo`)."
+    )
+
+
 class HelmfileReleaseStatus(Model):
     """What the operator observed and did, written by the operator."""
 
@@ -708,6 +840,15 @@ class HelmfileReleaseStatus(Model):
     last_drift_check: str | None = Field(
         default=None, description=f"When drift was last checked: {_TIMESTAMP}."
     )
+    plan: ReleasePlan | None = Field(
+        default=None, description="The plan of the last change (see docs/plans.md)."
+    )
+    last_handled_approval: str | None = Field(
+        default=None, description="Value of the `helmfile.dev/approve` annotation last applied."
+    )
+    rollout_hold: RolloutHold | None = Field(
+        default=None, description="Set while an atomic rollout holds (or rolled back) this release."
+    )
 
 
 class ReleaseSummary(Model):
@@ -734,6 +875,57 @@ class ReleaseCounts(Model):
     )
 
 
+class StatePlanRelease(Model):
+    """One release of a state's plan."""
+
+    name: str = Field(description="The HelmfileRelease.")
+    action: Literal["install", "upgrade", "uninstall", "delete"] = Field(
+        description="`install`, `upgrade`, `uninstall` (`installed: false`) or `delete` (the "
+        "release left the state)."
+    )
+    id: str = Field(description="The release's plan id.")
+    objects: int = Field(default=0, description="Objects the release's plan changes.")
+
+
+class StatePlan(Model):
+    """The releases' plans awaiting approval, in `needs` order, approved as one."""
+
+    id: str = Field(description="Approve them all with `helmfile.dev/approve: <id>` on the state.")
+    install: int = Field(default=0, description="Releases to install.")
+    upgrade: int = Field(default=0, description="Releases to upgrade.")
+    delete: int = Field(default=0, description="Releases to uninstall or delete.")
+    releases: list[StatePlanRelease] = Field(
+        default_factory=list, description="The releases' plans, in `needs` order."
+    )
+
+
+class RolloutRelease(Model):
+    """A release of an atomic rollout."""
+
+    name: str = Field(description="The HelmfileRelease.")
+    revision_before: int | None = Field(
+        default=None, description="Its revision before the rollout; none when it installs."
+    )
+
+
+class RolloutStatus(Model):
+    """The releases changed by one generation of the state, rolled out (or back) as one."""
+
+    id: str = Field(description="`<state>-<generation>`.")
+    generation: int = Field(description="The state's generation that started it.")
+    phase: Literal["Progressing", "Succeeded", "RollingBack", "RolledBack"] = Field(
+        description="`Progressing`, `Succeeded`, `RollingBack` or `RolledBack`."
+    )
+    releases: list[RolloutRelease] = Field(
+        default_factory=list, description="The releases the generation changed."
+    )
+    failed: str | None = Field(default=None, description="The release that failed.")
+    rolled_back: list[str] = Field(
+        default_factory=list, description="Releases rolled back, in the order they were."
+    )
+    message: str = Field(default="", description="What failed, and what was rolled back.")
+
+
 class HelmfileStateStatus(Model):
     """What the operator observed and did, written by the operator."""
 
@@ -746,8 +938,24 @@ class HelmfileStateStatus(Model):
         default_factory=list, description="`Ready`, `Reconciling`, `Stalled`."
     )
     environment: str | None = Field(default=None, description="The environment last rendered.")
-    plan: list[list[str]] = Field(
-        default_factory=list, description="Release ids in topological groups (`needs` order)."
+    order: list[list[str]] = Field(
+        default_factory=list,
+        description="Release ids in topological groups (`needs` order): each group needs only "
+        "releases of earlier groups.",
+    )
+    plan: StatePlan | None = Field(
+        default=None,
+        description="The plans of the state's releases that await approval, as one plan.",
+    )
+    last_handled_approval: str | None = Field(
+        default=None, description="Value of the `helmfile.dev/approve` annotation last handled."
+    )
+    refused_approval: str | None = Field(
+        default=None,
+        description="The last approval refused because the plan changed since (stale id).",
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The last atomic rollout (`spec.rollout.atomic`)."
     )
     releases: list[ReleaseSummary] = Field(
         default_factory=list, description="One summary per HelmfileRelease of the state."

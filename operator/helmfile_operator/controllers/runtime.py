@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ from helmfile_operator.metrics import Metrics
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.conditions import body_is_ready
 from helmfile_operator.reconcile.context import (
+    APPROVE,
     RECONCILE_REQUEST,
     STATE_LABEL,
     IndexedRelease,
@@ -56,6 +58,7 @@ def signature(body: Body) -> tuple[Any, ...]:
         metadata.get("deletionTimestamp"),
         tuple(metadata.get("finalizers") or ()),
         (metadata.get("annotations") or {}).get(RECONCILE_REQUEST),
+        (metadata.get("annotations") or {}).get(APPROVE),
     )
 
 
@@ -65,12 +68,17 @@ def summary(body: Body) -> tuple[Any, ...]:
     conds = tuple(
         (c.get("type"), c.get("status"), c.get("message")) for c in status.get("conditions") or []
     )
+    plan = status.get("plan") or {}
     return (
         body_is_ready(body),
         status.get("revision"),
         status.get("chartVersion"),
         conds,
         (body.get("metadata") or {}).get("deletionTimestamp"),
+        plan.get("id"),
+        plan.get("phase"),
+        (body.get("metadata") or {}).get("annotations", {}).get(APPROVE),
+        json.dumps(status.get("rolloutHold"), sort_keys=True),
     )
 
 
@@ -87,6 +95,8 @@ def indexed(body: Body) -> IndexedRelease:
         ),
         target=(str(spec.get("targetNamespace") or ""), str(spec.get("releaseName") or "")),
         created=str(metadata.get("creationTimestamp") or ""),
+        awaiting_approval=((body.get("status") or {}).get("plan") or {}).get("phase")
+        == "AwaitingApproval",
     )
 
 
@@ -135,6 +145,11 @@ class Controller:
         m.workers.set_function(lambda: self.queue.workers)
         m.drifted_releases.set_function(
             lambda: sum(entry.drifted for entry in self.reconciler.index.releases.values())
+        )
+        m.plans_awaiting_approval.set_function(
+            lambda: sum(
+                entry.awaiting_approval for entry in self.reconciler.index.releases.values()
+            )
         )
 
     @property

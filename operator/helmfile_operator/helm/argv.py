@@ -134,10 +134,12 @@ def upgrade_argv(
     wait_strategy: str = DEFAULT_WAIT_STRATEGY,
     max_timeout_seconds: float | None = None,
     skip_crds: bool = False,
+    dry_run: bool = False,
 ) -> list[str]:
     """`helm upgrade --install`; `options` goes over DEFAULT_HELM_OPTIONS; `atomic` is ignored.
     The timeout is at most `max_timeout_seconds`. `skip_crds`: the chart's `crds/` are not
-    installed (skipped, or applied by the operator itself)."""
+    installed (skipped, or applied by the operator itself). `dry_run`: `--dry-run=server` (the
+    API server validates and `lookup` reads the cluster; nothing is written, nothing waited for)."""
     opts = merge_helm_options(DEFAULT_HELM_OPTIONS, options)
     timeout = clamp_timeout(helm_timeout_seconds(opts), max_timeout_seconds)
     argv = ["upgrade", "--install", *scope_flags(namespace, impersonate)]
@@ -145,7 +147,10 @@ def upgrade_argv(
     argv.append(f"--values={values_file}")
     if opts.create_namespace:
         argv.append("--create-namespace")
-    argv += wait_flags(helm_major, bool(opts.wait), bool(opts.wait_for_jobs), wait_strategy)
+    if dry_run:
+        argv.append("--dry-run=server")
+    else:
+        argv += wait_flags(helm_major, bool(opts.wait), bool(opts.wait_for_jobs), wait_strategy)
     argv.append(f"--timeout={go_duration(timeout)}")
     if opts.history_max is not None:
         argv.append(f"--history-max={opts.history_max}")

@@ -181,8 +181,10 @@ class HelmClient:
         redact: Iterable[str] = (),
         tenant: str | None = None,
         skip_crds: bool = False,
+        dry_run: bool = False,
     ) -> ReleaseInfo:
-        """`helm upgrade --install`. The caller resolves `chart.repository.secretRef` into
+        """`helm upgrade --install` (`dry_run`: `--dry-run=server`, and the result carries the
+        manifest helm would apply). The caller resolves `chart.repository.secretRef` into
         `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read from
         Secrets) that must not appear in an error message. `helm_home`, when given, is used
         instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`."""
@@ -207,9 +209,10 @@ class HelmClient:
                 wait_strategy=self.wait_strategy,
                 max_timeout_seconds=self.max_timeout_seconds,
                 skip_crds=skip_crds,
+                dry_run=dry_run,
             )
             result = await self._run(
-                "upgrade",
+                "upgrade --dry-run" if dry_run else "upgrade",
                 argv,
                 limit=helm_timeout + self.subprocess_grace_seconds,
                 env=source.env,
@@ -218,7 +221,7 @@ class HelmClient:
                 cwd=source.cwd,
             )
         try:
-            return parse_release(result.stdout)
+            return parse_release(result.stdout, with_manifest=dry_run)
         except (ValueError, TypeError):
             raise HelmError(
                 HelmErrorKind.UNKNOWN, "upgrade", "helm succeeded but its output was not a release"

@@ -79,12 +79,13 @@ def release_info(release: Mapping[str, Any], *, with_manifest: bool = False) -> 
     )
 
 
-def parse_release(stdout: str) -> ReleaseInfo:
-    """The release object helm prints with `--output json` (upgrade), without its manifest."""
+def parse_release(stdout: str, *, with_manifest: bool = False) -> ReleaseInfo:
+    """The release object helm prints with `--output json` (upgrade), without its manifest
+    unless asked (a dry run: the manifest is what it would apply)."""
     release = _json_document(stdout)
     if not isinstance(release, dict):
         raise ValueError("helm's output is not a release object")
-    return release_info(release)
+    return release_info(release, with_manifest=with_manifest)
 
 
 def parse_history(stdout: str) -> list[HistoryRecord]:

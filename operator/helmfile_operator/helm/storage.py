@@ -73,13 +73,26 @@ def latest_from_secrets(
     secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
 ) -> ReleaseInfo | None:
     """The highest revision among storage Secrets (Kubernetes JSON objects), decoding only it."""
+    release = latest_release_json(secrets, release_name=release_name)
+    if release is None:
+        return None
+    try:
+        return release_info(release, with_manifest=True)
+    except (TypeError, ValueError):
+        raise StorageDecodeError("release version is not a number") from None
+
+
+def latest_release_json(
+    secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
+) -> dict[str, Any] | None:
+    """The whole release object of the highest revision (values included: memory only)."""
     latest = _latest(secrets, release_name)
     if latest is None:
         return None
     data = _mapping(latest[2].get("data")).get("release")
     if not isinstance(data, str):
         raise StorageDecodeError(f"storage Secret of revision {latest[0]} has no release data")
-    return decode_release(data)
+    return decode_release_json(data)
 
 
 def latest_status_from_labels(

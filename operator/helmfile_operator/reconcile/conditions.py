@@ -78,6 +78,15 @@ def mark_not_ready(
     return remove(conditions, STALLED)
 
 
+def mark_waiting(
+    conditions: list[Condition], reason: str, message: str, generation: int | None
+) -> list[Condition]:
+    """Ready=False, neither Reconciling nor Stalled: nothing happens until someone acts (an
+    approval), and nothing failed."""
+    conditions = set_condition(conditions, READY, "False", reason, message, generation)
+    return remove(remove(conditions, RECONCILING), STALLED)
+
+
 def mark_stalled(
     conditions: list[Condition], reason: str, message: str, generation: int | None
 ) -> list[Condition]:

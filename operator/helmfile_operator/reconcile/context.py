@@ -21,6 +21,7 @@ STATE_LABEL = "helmfile.dev/state"
 FINALIZER = "helmfile.dev/finalizer"
 RECONCILE_REQUEST = "helmfile.dev/reconcile-requested-at"
 KEEP_RELEASE = "helmfile.dev/keep-release"
+APPROVE = "helmfile.dev/approve"  # the id of the plan someone approved
 
 
 class ObjectKey(NamedTuple):
@@ -43,6 +44,7 @@ class IndexedRelease:
     drifted: bool = False
     target: tuple[str, str] = ("", "")  # (targetNamespace, releaseName)
     created: str = ""  # creationTimestamp: the oldest claimant of a Helm release keeps it
+    awaiting_approval: bool = False  # its plan waits for an approval
 
 
 @dataclass

@@ -31,6 +31,7 @@ class Action(StrEnum):
     REPORT_VALUES_ERROR = "report values error"  # valuesFrom unreadable / values invalid
     REPORT_CHART_ERROR = "report chart error"  # the version range could not be resolved
     IN_SYNC = "in sync"  # nothing to do (no helm); check drift
+    AWAIT_APPROVAL = "await approval"  # manual approval: plan the change, then wait for it
     BACKOFF = "back off"  # the last attempt of these values failed; wait before the next
     STALLED = "stalled"  # terminal failure; re-evaluated every interval
     INSTALL = "install"
@@ -71,6 +72,8 @@ class Observation:
     self_needed: bool = False
     owner: str | None = None  # the object that drives this Helm release, when not us
     unready_needs: tuple[str, ...] = ()
+    approval_manual: bool = False  # a change waits for its plan to be approved
+    approved: bool = False  # the approval annotation names the plan of the change wanted now
     access_error: str | None = None  # reading Helm's storage as the tenant was refused
     install_wanted: bool = True
     in_storage: bool = False
@@ -98,12 +101,15 @@ def decide(obs: Observation) -> Decision:
         return Decision(Action.REJECT_SELF_NEED)
     if obs.owner is not None:
         return Decision(Action.REJECT_OWNED)
-    if obs.unready_needs:
+    # Manual approval plans a change before its needs are Ready: a stack is approved as a whole.
+    if obs.unready_needs and not obs.approval_manual:
         return Decision(Action.WAIT_FOR_NEEDS)
     if obs.access_error is not None:
         return Decision(Action.REPORT_FORBIDDEN)
     if not obs.install_wanted:
-        return Decision(Action.UNINSTALL if obs.in_storage else Action.MARK_UNINSTALLED)
+        if not obs.in_storage:
+            return Decision(Action.MARK_UNINSTALLED)
+        return _gate(obs) or Decision(Action.UNINSTALL)
     if obs.lock is not None:
         stale_after = obs.helm_timeout_seconds + LOCK_MARGIN_SECONDS
         if obs.lock.ours or obs.lock.age_seconds >= stale_after:
@@ -119,7 +125,10 @@ def decide(obs: Observation) -> Decision:
         and obs.applied_digest == obs.digest
         and obs.applied_revision == obs.head_revision
     ):
-        return Decision(Action.IN_SYNC)
+        return Decision(Action.WAIT_FOR_NEEDS if obs.unready_needs else Action.IN_SYNC)
+    gate = _gate(obs)
+    if gate is not None:
+        return gate
     attempt = obs.last_attempt
     if attempt is not None and attempt.failed and attempt.digest == obs.digest:
         if obs.stalled:
@@ -128,6 +137,16 @@ def decide(obs: Observation) -> Decision:
         elif attempt.seconds_ago < obs.backoff_seconds:
             return Decision(Action.BACKOFF, obs.backoff_seconds - attempt.seconds_ago)
     return Decision(Action.UPGRADE if obs.in_storage else Action.INSTALL)
+
+
+def _gate(obs: Observation) -> Decision | None:
+    """A change is wanted: under manual approval it waits for the approval of its plan, then
+    (approved) for its needs."""
+    if obs.approval_manual and not obs.approved:
+        return Decision(Action.AWAIT_APPROVAL)
+    if obs.unready_needs:
+        return Decision(Action.WAIT_FOR_NEEDS)
+    return None
 
 
 def _decide_deletion(obs: Observation) -> Decision:

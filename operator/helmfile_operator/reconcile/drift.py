@@ -33,6 +33,7 @@ from helmfile_operator.kube import REQUEST_TIMEOUT
 
 DRIFT_OPT_OUT = "helmfile.dev/drift-detection"  # "disabled" on a live object: never drift
 FIELD_MANAGER = "helmfile-operator-drift"
+HELM_FIELD_MANAGER = "helm"  # a plan's dry run applies as helm itself would
 MAX_CLIENTS = 64  # identities with a cached API client (and discovery)
 TIMEOUT = REQUEST_TIMEOUT
 
@@ -48,6 +49,17 @@ _IGNORED_PREFIXES = (
     "/metadata/annotations/deployment.kubernetes.io~1revision",
     "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration",
 )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One manifest object against the cluster: missing, or the paths an apply would change."""
+
+    obj: dict[str, Any] = field(repr=False)
+    namespace: str | None
+    missing: bool = False
+    opted_out: bool = False  # the live object carries `helmfile.dev/drift-detection: disabled`
+    paths: list[str] = field(default_factory=list)
 
 
 class DriftCheckError(Exception):
@@ -181,6 +193,63 @@ class DriftChecker:
                 f"{obj['kind']} ({obj['apiVersion']}) is not served by the cluster"
             ) from None
 
+    async def compare(
+        self, manifest: str, namespace: str, impersonate: str | None = None
+    ) -> list[Comparison]:
+        """What applying each object of `manifest` as helm would change in the live objects
+        (a plan's view: no ignore rules, no opt-out)."""
+        return await asyncio.to_thread(self._compare_all, manifest, namespace, impersonate)
+
+    def _compare_all(
+        self, manifest: str, namespace: str, impersonate: str | None
+    ) -> list[Comparison]:
+        dynamic = self._client(impersonate)
+        return [
+            self._compare(dynamic, obj, namespace, HELM_FIELD_MANAGER) for obj in _objects(manifest)
+        ]
+
+    def _compare(
+        self,
+        dynamic: Any,
+        obj: dict[str, Any],
+        namespace: str,
+        field_manager: str,
+        ignore: Sequence[DriftIgnoreRule] = (),
+        *,
+        honour_opt_out: bool = False,
+    ) -> Comparison:
+        """One object: GET the live one, then a server-side-apply dry run of the manifest's."""
+        resource = self._resource(dynamic, obj)
+        object_namespace = (
+            (obj["metadata"].get("namespace") or namespace) if resource.namespaced else None
+        )
+        name = obj["metadata"]["name"]
+        try:
+            live = dynamic.get(
+                resource, name=name, namespace=object_namespace, _request_timeout=TIMEOUT
+            ).to_dict()
+        except NotFoundError:
+            return Comparison(obj, object_namespace, missing=True)
+        except ApiException as error:
+            raise _check_error(error, obj, object_namespace) from None
+        annotations = (live.get("metadata") or {}).get("annotations") or {}
+        if honour_opt_out and annotations.get(DRIFT_OPT_OUT) == "disabled":
+            return Comparison(obj, object_namespace, opted_out=True)
+        try:
+            desired = dynamic.server_side_apply(
+                resource,
+                body=_with_namespace(obj, object_namespace),
+                namespace=object_namespace,
+                field_manager=field_manager,
+                force_conflicts=True,
+                dry_run="All",
+                _request_timeout=TIMEOUT,
+            ).to_dict()
+        except ApiException as error:
+            raise _check_error(error, obj, object_namespace) from None
+        paths = relevant_paths(diff_paths(live, desired), live, object_namespace, ignore)
+        return Comparison(obj, object_namespace, paths=paths)
+
     def _check(
         self,
         manifest: str,
@@ -191,46 +260,21 @@ class DriftChecker:
         dynamic = self._client(impersonate)
         report = DriftReport()
         for obj in _objects(manifest):
-            resource = self._resource(dynamic, obj)
-            object_namespace = (
-                (obj["metadata"].get("namespace") or namespace) if resource.namespaced else None
+            found = self._compare(
+                dynamic, obj, namespace, FIELD_MANAGER, ignore, honour_opt_out=True
             )
-            name = obj["metadata"]["name"]
-            entry = DriftedObject(
-                api_version=obj["apiVersion"],
-                kind=obj["kind"],
-                name=name,
-                namespace=object_namespace,
+            if found.opted_out or not (found.missing or found.paths):
+                continue
+            report.objects.append(
+                DriftedObject(
+                    api_version=obj["apiVersion"],
+                    kind=obj["kind"],
+                    name=obj["metadata"]["name"],
+                    namespace=found.namespace,
+                    missing=found.missing,
+                    paths=found.paths,
+                )
             )
-            try:
-                live = dynamic.get(
-                    resource, name=name, namespace=object_namespace, _request_timeout=TIMEOUT
-                ).to_dict()
-            except NotFoundError:
-                entry.missing = True
-                report.objects.append(entry)
-                continue
-            except ApiException as error:
-                raise _check_error(error, obj, object_namespace) from None
-            annotations = (live.get("metadata") or {}).get("annotations") or {}
-            if annotations.get(DRIFT_OPT_OUT) == "disabled":
-                continue
-            try:
-                desired = dynamic.server_side_apply(
-                    resource,
-                    body=_with_namespace(obj, object_namespace),
-                    namespace=object_namespace,
-                    field_manager=FIELD_MANAGER,
-                    force_conflicts=True,
-                    dry_run="All",
-                    _request_timeout=TIMEOUT,
-                ).to_dict()
-            except ApiException as error:
-                raise _check_error(error, obj, object_namespace) from None
-            paths = relevant_paths(diff_paths(live, desired), live, object_namespace, ignore)
-            if paths:
-                entry.paths = paths
-                report.objects.append(entry)
         return report
 
     def _correct(

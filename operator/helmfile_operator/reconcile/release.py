@@ -15,6 +15,7 @@ from helmfile_operator.api.models import (
     DriftMode,
     HelmfileReleaseSpec,
     HelmfileReleaseStatus,
+    ReleasePlan,
     describe_validation_error,
 )
 from helmfile_operator.helm import HelmError, HelmErrorKind
@@ -24,18 +25,23 @@ from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.apply import record_success
 from helmfile_operator.reconcile.actions.detect_drift import detect_drift, drift_mode
 from helmfile_operator.reconcile.actions.install import install
+from helmfile_operator.reconcile.actions.plan import ensure_plan
 from helmfile_operator.reconcile.actions.recover import recover
 from helmfile_operator.reconcile.actions.uninstall import uninstall
 from helmfile_operator.reconcile.actions.upgrade import upgrade
 from helmfile_operator.reconcile.context import (
+    APPROVE,
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    STATE_LABEL,
     ObjectKey,
     Reconciler,
 )
 from helmfile_operator.reconcile.decide import Action, Attempt, Decision, Lock, Observation, decide
 from helmfile_operator.reconcile.failures import record_failure, retry_later, stall
+from helmfile_operator.reconcile.plan import PlanAction, plan_id
+from helmfile_operator.reconcile.plan import summary as plan_summary
 from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
 from helmfile_operator.reconcile.values import ValuesSourceError, final_values, repository_access
 from helmfile_operator.render.values import values_digest
@@ -46,6 +52,7 @@ logger = logging.getLogger("helmfile_operator.release")
 
 # The Ready reason while the chart's repository cannot say which version a range stands for.
 CHART_UNAVAILABLE = "ChartUnavailable"
+AWAITING_APPROVAL = "AwaitingApproval"
 
 
 async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
@@ -110,11 +117,14 @@ async def observe(ctx: ReleaseContext) -> Observation:
         self_needed=ctx.key.name in spec.needs,
         owner=owner_name,
         unready_needs=tuple(_unready_needs(ctx)),
+        approval_manual=ctx.approval_manual,
         install_wanted=spec.installed,
         interval_seconds=ctx.interval_seconds,
         helm_timeout_seconds=ctx.timeout_seconds,
     )
-    if base.suspended or base.self_needed or base.owner or base.unready_needs:
+    if base.suspended or base.self_needed or base.owner:
+        return base
+    if base.unready_needs and not base.approval_manual:
         return base
 
     try:
@@ -138,10 +148,12 @@ async def observe(ctx: ReleaseContext) -> Observation:
         await _resolve_values(ctx)
         if ctx.values_error is None:
             await _resolve_chart(ctx)
+    _plan_wanted_change(ctx)
     status = ctx.status
     last = status.last_attempted
     return dataclasses.replace(
         base,
+        approved=ctx.plan_id is not None and ctx.approval == ctx.plan_id,
         in_storage=storage is not None,
         head_deployed=storage is not None and storage.status == "deployed",
         head_revision=storage.revision if storage is not None else None,
@@ -243,6 +255,31 @@ async def _source_access(ctx: ReleaseContext) -> Access:
         ca_pem=ca_pem,
         insecure_skip_tls_verify=ctx.spec.chart.repository.insecure_skip_tls_verify,
     )
+
+
+def _plan_wanted_change(ctx: ReleaseContext) -> None:
+    """The id of the plan of the change wanted now (install, upgrade or uninstall), and under
+    manual approval, the approval it may have received."""
+    storage = ctx.storage
+    if ctx.spec.installed:
+        action: PlanAction = "upgrade" if storage is not None else "install"
+        desired = ctx.digest
+    else:
+        action, desired = "uninstall", f"revision {storage.revision}" if storage else None
+    ctx.plan_id = plan_id(action, desired, ctx.generation) if desired else None
+    ctx.plan_action = action
+    plan = ctx.status.plan
+    if (
+        ctx.approval_manual
+        and plan is not None
+        and plan.phase == "AwaitingApproval"
+        and plan.id == ctx.plan_id
+        and ctx.approval == plan.id
+    ):
+        plan.phase = "Approved"
+        plan.refused_approval = None
+        ctx.status.last_handled_approval = plan.id
+        ctx.event("Normal", "PlanApproved", f"plan {plan.id} approved: {plan_summary(plan)}")
 
 
 def _unready_needs(ctx: ReleaseContext) -> list[str]:
@@ -361,7 +398,9 @@ async def _wait_for_needs(ctx: ReleaseContext, decision: Decision) -> None:
 
 
 async def _uninstall_wanted(ctx: ReleaseContext, decision: Decision) -> None:
-    await _uninstall(ctx, "installed: false")
+    await _plan_before_acting(ctx)
+    await ctx.flush()  # the plan is recorded before helm runs
+    _plan_done(ctx, ok=await _uninstall(ctx, "installed: false"))
 
 
 async def _mark_uninstalled(ctx: ReleaseContext, decision: Decision) -> None:
@@ -400,8 +439,97 @@ async def _report_chart_error(ctx: ReleaseContext, decision: Decision) -> None:
     record_failure(ctx, CHART_UNAVAILABLE, ctx.chart_error)
 
 
+async def _await_approval(ctx: ReleaseContext, decision: Decision) -> None:
+    """Manual approval: the plan of the wanted change is on the status (computed once per id)
+    and nothing runs until `helmfile.dev/approve` names it."""
+    assert ctx.plan_action is not None
+    try:
+        plan = await ensure_plan(ctx, ctx.plan_action)
+    except HelmError as error:
+        record_failure(ctx, "PlanFailed", error)
+        return
+    except ValuesSourceError as error:
+        ctx.not_ready("RepositoryAccessUnavailable", str(error))
+        ctx.requeue(ctx.reconciler.settings.retry_max_seconds / 5)
+        return
+    _note_refused_approval(ctx, plan)
+    status = ctx.status
+    status.failures = 0
+    state = (ctx.body["metadata"].get("labels") or {}).get(STATE_LABEL)
+    how = (
+        f"`kubectl annotate hfr {ctx.key.name} -n {ctx.key.namespace} {APPROVE}={plan.id} "
+        "--overwrite`"
+    )
+    if state:
+        how += f" (or approve the plan of HelmfileState {state})"
+    refused = (
+        f"; approval {plan.refused_approval} was refused: it names an earlier plan"
+        if plan.refused_approval
+        else ""
+    )
+    message = f"plan {plan.id}: {plan_summary(plan)}{refused}; approve it with {how}"
+    ctx.waiting(AWAITING_APPROVAL, message)
+    ctx.event("Normal", AWAITING_APPROVAL, f"plan {plan.id}: {plan_summary(plan)}")
+
+
+def _note_refused_approval(ctx: ReleaseContext, plan: ReleasePlan) -> None:
+    """An approval that names another plan than the current one is stale: the spec, a
+    valuesFrom source or the resolved chart version changed since it was given."""
+    approval = ctx.approval
+    if (
+        approval is None
+        or approval == plan.id
+        or approval == ctx.status.last_handled_approval
+        or approval == plan.refused_approval
+    ):
+        return
+    plan.refused_approval = approval
+    ctx.event(
+        "Warning",
+        "ApprovalRefused",
+        f"approval {approval} names another plan than the current one ({plan.id}): the spec, a "
+        f"valuesFrom source or the chart version changed since; review plan {plan.id} and "
+        "approve it",
+    )
+
+
+async def _plan_before_acting(ctx: ReleaseContext) -> None:
+    """The plan is recorded before the action, approved or not (auto): `kubectl get hfr -o
+    yaml` shows what the last change did. A plan that cannot be computed does not stop an
+    automatic change (helm's own run says what is wrong); its message says why."""
+    assert ctx.plan_id is not None
+    assert ctx.plan_action is not None
+    try:
+        plan = await ensure_plan(ctx, ctx.plan_action)
+    except (HelmError, ValuesSourceError) as error:
+        why = f"{error.kind}: {error.message}" if isinstance(error, HelmError) else str(error)
+        plan = ReleasePlan(
+            id=ctx.plan_id,
+            action=ctx.plan_action,
+            phase="Approved",
+            computed_at=conditions.now(),
+            digest=ctx.digest,
+            message=f"no plan: the dry run failed ({why})",
+        )
+        ctx.status.plan = plan
+    plan.phase = "Approved"
+
+
+def _plan_done(ctx: ReleaseContext, ok: bool) -> None:
+    plan = ctx.status.plan
+    if plan is not None and plan.id == ctx.plan_id:
+        plan.phase = "Applied" if ok else "Failed"
+
+
 async def _in_sync(ctx: ReleaseContext, decision: Decision) -> None:
     status = ctx.status
+    plan = status.plan
+    if plan is not None and plan.phase in ("AwaitingApproval", "Approved"):
+        # Back in sync: that plan was applied (its id), or its change is no longer wanted.
+        if plan.id == ctx.plan_id:
+            plan.phase = "Applied"
+        else:
+            status.plan = None
     ready = conditions.find(status.conditions, conditions.READY)
     if ready is None or ready.status != "True" or ready.observed_generation != ctx.generation:
         ctx.ready(
@@ -413,9 +541,15 @@ async def _in_sync(ctx: ReleaseContext, decision: Decision) -> None:
 
 async def _install_or_upgrade(ctx: ReleaseContext, decision: Decision) -> None:
     if await _adopt_unrecorded_success(ctx):
+        _plan_done(ctx, ok=True)
         return
     _count_attempt(ctx)
+    await _plan_before_acting(ctx)
     await (install(ctx) if decision.action is Action.INSTALL else upgrade(ctx))
+    last = ctx.status.last_attempted
+    _plan_done(
+        ctx, ok=last is not None and last.result == "succeeded" and last.digest == ctx.digest
+    )
     _check_drift_next(ctx)
 
 
@@ -436,6 +570,7 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.REPORT_VALUES_ERROR: _report_values_error,
     Action.REPORT_CHART_ERROR: _report_chart_error,
     Action.IN_SYNC: _in_sync,
+    Action.AWAIT_APPROVAL: _await_approval,
     Action.BACKOFF: _nothing,
     Action.STALLED: _nothing,
     Action.INSTALL: _install_or_upgrade,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helmfile_operator.api.models import (
+    ApprovalMode,
     ChartReference,
     HelmfileReleaseSpec,
     HelmfileReleaseStatus,
@@ -19,7 +20,8 @@ from helmfile_operator.api.models import (
 from helmfile_operator.helm import ReleaseInfo, latest_from_secrets
 from helmfile_operator.kube import RELEASES, Kube
 from helmfile_operator.reconcile import conditions
-from helmfile_operator.reconcile.context import ObjectKey, Reconciler
+from helmfile_operator.reconcile.context import APPROVE, ObjectKey, Reconciler
+from helmfile_operator.reconcile.plan import PlanAction
 from helmfile_operator.sources import ChartSourceError
 
 logger = logging.getLogger("helmfile_operator.release")
@@ -99,6 +101,8 @@ class ReleaseContext:
     chart: ChartReference | None = None  # spec.chart with its range resolved to one version
     chart_error: ChartSourceError | None = None  # why the range could not be resolved
     refresh_sources: bool = False  # a reconcile request: ask the repository again now
+    plan_id: str | None = None  # the id of the plan of the change wanted now (none: no change)
+    plan_action: PlanAction | None = None
     values_error: str | None = None  # why the final values could not be resolved
     access_error: str | None = None  # why Helm's storage could not be read as the tenant
     requeue_after: float | None = None
@@ -127,6 +131,16 @@ class ReleaseContext:
         assert timeout is not None  # helm_options() merges the models' defaults
         # helm itself is clamped to the operator-wide maximum: so are the waits derived from it.
         return min(duration_seconds(timeout), self.reconciler.settings.max_helm_timeout_seconds)
+
+    @property
+    def approval_manual(self) -> bool:
+        approval = self.spec.approval
+        return approval is not None and approval.mode is ApprovalMode.MANUAL
+
+    @property
+    def approval(self) -> str | None:
+        """The plan id the `helmfile.dev/approve` annotation approves, if any."""
+        return (self.body["metadata"].get("annotations") or {}).get(APPROVE) or None
 
     @property
     def interval_seconds(self) -> float:
@@ -162,6 +176,11 @@ class ReleaseContext:
 
     def reconciling(self, reason: str, message: str) -> None:
         self.status.conditions = conditions.mark_reconciling(
+            self.status.conditions, reason, message, self.generation
+        )
+
+    def waiting(self, reason: str, message: str) -> None:
+        self.status.conditions = conditions.mark_waiting(
             self.status.conditions, reason, message, self.generation
         )
 

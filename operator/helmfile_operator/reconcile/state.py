@@ -13,17 +13,20 @@ from pydantic import ValidationError
 
 from helmfile_operator.api.models import (
     API_VERSION,
+    ApprovalMode,
     DeletionPolicy,
     HelmfileReleaseStatus,
     HelmfileStateSpec,
     HelmfileStateStatus,
     ReleaseCounts,
     ReleaseSummary,
+    StatePlan,
     describe_validation_error,
 )
 from helmfile_operator.kube import RELEASES, STATES
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import (
+    APPROVE,
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
@@ -31,6 +34,7 @@ from helmfile_operator.reconcile.context import (
     ObjectKey,
     Reconciler,
 )
+from helmfile_operator.reconcile.plan import PendingPlan, plan_id, state_plan, state_plan_summary
 from helmfile_operator.reconcile.release_context import tenant_identity
 from helmfile_operator.reconcile.values import ValuesSourceError, resolve_values_from
 from helmfile_operator.render.errors import RenderError
@@ -67,14 +71,16 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
         )
 
     rendered = await _render(reconciler, key, body, status)
+    removals: list[dict[str, Any]] = []
     if rendered is not None:
-        children = await _apply_children(reconciler, key, body, rendered, children)
+        children, removals = await _apply_children(reconciler, key, body, rendered, children)
         status.environment = rendered.environment
-        status.plan = rendered.plan
+        status.order = rendered.order
     requested = (metadata.get("annotations") or {}).get(RECONCILE_REQUEST)
     if requested:
         status.last_handled_reconcile_at = requested
-    _summarise(status, children, generation, rendered is not None)
+    status.plan = await _plan(reconciler, key, body, status, children, removals)
+    _summarise(key, status, children, generation, rendered is not None)
     status.observed_generation = generation
     if status.to_wire() != before:
         await kube.patch_status(STATES, key.namespace, key.name, status.to_wire())
@@ -190,8 +196,9 @@ async def _apply_children(
     body: dict[str, Any],
     rendered: RenderedState,
     existing: list[dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """Create/update the desired children; delete those no longer in the state (uninstalls)."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Create/update the desired children; delete those no longer in the state (uninstalls) —
+    under manual approval they are returned instead, and deleted once the plan is approved."""
     kube = reconciler.kube
     current = {child["metadata"]["name"]: child for child in existing}
     applied = []
@@ -203,13 +210,110 @@ async def _apply_children(
             continue
         applied.append(await kube.apply(RELEASES, key.namespace, desired))
     wanted = {release.resource_name for release in rendered.releases}
+    removals = []
     for name, child in current.items():
         if name not in wanted and not child["metadata"].get("deletionTimestamp"):
-            await kube.delete(RELEASES, key.namespace, name)
-            reconciler.event(
-                body, "Normal", "ReleaseRemoved", f"{name} left the state: uninstalling"
+            if _approval_manual(body):
+                removals.append(child)
+                continue
+            await _remove_child(reconciler, key, body, name)
+    return applied, removals
+
+
+async def _remove_child(
+    reconciler: Reconciler, key: ObjectKey, body: dict[str, Any], name: str
+) -> None:
+    await reconciler.kube.delete(RELEASES, key.namespace, name)
+    reconciler.event(body, "Normal", "ReleaseRemoved", f"{name} left the state: uninstalling")
+
+
+def _approval_manual(body: dict[str, Any]) -> bool:
+    approval = (body.get("spec") or {}).get("approval") or {}
+    return bool(approval.get("mode") == ApprovalMode.MANUAL)
+
+
+# --- plans and their approval --------------------------------------------------------------
+
+
+def _pending(children: list[dict[str, Any]], removals: list[dict[str, Any]]) -> list[PendingPlan]:
+    """The children whose plan awaits an approval they have not received, and (manual
+    approval) the children that left the state."""
+    pending = []
+    for child in children:
+        plan = ((child.get("status") or {}).get("plan")) or {}
+        approval = (child["metadata"].get("annotations") or {}).get(APPROVE)
+        if plan.get("phase") != "AwaitingApproval" or approval == plan.get("id"):
+            continue
+        if (child.get("status") or {}).get("observedGeneration") != child["metadata"].get(
+            "generation"
+        ):
+            continue  # its spec changed: its plan is being computed again
+        spec = child.get("spec") or {}
+        counts = plan.get("counts") or {}
+        pending.append(
+            PendingPlan(
+                name=child["metadata"]["name"],
+                release_id=f"{spec.get('targetNamespace')}/{spec.get('releaseName')}",
+                action=plan.get("action", "upgrade"),
+                id=str(plan.get("id")),
+                objects=sum(int(counts.get(k) or 0) for k in ("create", "update", "delete")),
             )
-    return applied
+        )
+    for child in removals:
+        spec = child.get("spec") or {}
+        pending.append(
+            PendingPlan(
+                name=child["metadata"]["name"],
+                release_id=f"{spec.get('targetNamespace')}/{spec.get('releaseName')}",
+                action="delete",
+                id=plan_id("uninstall", f"delete {child['metadata'].get('uid')}", None),
+            )
+        )
+    return pending
+
+
+async def _plan(
+    reconciler: Reconciler,
+    key: ObjectKey,
+    body: dict[str, Any],
+    status: HelmfileStateStatus,
+    children: list[dict[str, Any]],
+    removals: list[dict[str, Any]],
+) -> StatePlan | None:
+    """The state's plan; an approval (`helmfile.dev/approve` on the state) of exactly that plan
+    approves each release's own plan and deletes the releases that left the state. An approval
+    of another plan is refused, once, with an Event."""
+    plan = state_plan(_pending(children, removals), status.order)
+    approval = (body["metadata"].get("annotations") or {}).get(APPROVE)
+    if not approval or approval == status.last_handled_approval:
+        return plan
+    status.last_handled_approval = approval
+    if plan is None or approval != plan.id:
+        status.refused_approval = approval
+        current = f"the current plan is {plan.id}" if plan else "nothing awaits approval now"
+        reconciler.event(
+            body,
+            "Warning",
+            "ApprovalRefused",
+            f"approval {approval} names another plan ({current}): a release's spec, values or "
+            "chart version changed since; review the plan and approve it again",
+        )
+        return plan
+    status.refused_approval = None
+    by_name = {child["metadata"]["name"]: child for child in children}
+    for release in plan.releases:
+        if release.action == "delete":
+            await _remove_child(reconciler, key, body, release.name)
+            continue
+        await reconciler.kube.patch_metadata(
+            RELEASES, key.namespace, release.name, {"annotations": {APPROVE: release.id}}
+        )
+        child = by_name[release.name]
+        child["metadata"].setdefault("annotations", {})[APPROVE] = release.id
+    reconciler.event(
+        body, "Normal", "PlanApproved", f"plan {plan.id} approved: {state_plan_summary(plan)}"
+    )
+    return None
 
 
 def _up_to_date(have: dict[str, Any], desired: dict[str, Any]) -> bool:
@@ -231,11 +335,13 @@ def _up_to_date(have: dict[str, Any], desired: dict[str, Any]) -> bool:
 
 
 def _summarise(
+    key: ObjectKey,
     status: HelmfileStateStatus,
     children: list[dict[str, Any]],
     generation: int | None,
     rendered: bool,
 ) -> None:
+    name, namespace = key.name, key.namespace
     summaries = []
     counts = ReleaseCounts(total=len(children))
     not_ready = []
@@ -274,7 +380,21 @@ def _summarise(
     status.counts = counts
     if not rendered:
         return  # Stalled by the render error; the summary above still shows what runs
-    if stalled:
+    plan = status.plan
+    if plan is not None and not stalled:
+        refused = (
+            f"; approval {status.refused_approval} was refused: it names an earlier plan"
+            if status.refused_approval
+            else ""
+        )
+        status.conditions = conditions.mark_waiting(
+            status.conditions,
+            "AwaitingApproval",
+            f"plan {plan.id}: {state_plan_summary(plan)}{refused}; approve it with `kubectl "
+            f"annotate hfs {name} -n {namespace} {APPROVE}={plan.id} --overwrite`",
+            generation,
+        )
+    elif stalled:
         status.conditions = conditions.mark_stalled(
             status.conditions,
             "ReleaseFailed",

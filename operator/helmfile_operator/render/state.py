@@ -1,4 +1,4 @@
-"""Render a HelmfileState into HelmfileRelease specs and an install plan. Pure: no I/O.
+"""Render a HelmfileState into HelmfileRelease specs and their install order. Pure: no I/O.
 
 The caller reads the environment's `valuesFrom` ConfigMaps and passes their maps in; everything
 else comes from the state object itself. Same input, same output (names, order, values).
@@ -94,7 +94,7 @@ class RenderedState:
     """The environment's merged values."""
     releases: list[RenderedRelease]
     """In `spec.releases` order."""
-    plan: list[list[str]]
+    order: list[list[str]]
     """Release ids in install groups: each group needs only releases of earlier groups."""
 
 
@@ -189,7 +189,7 @@ def render_state(
         _resolve_needs(i, release, namespaces[i], ids, ids_by_name)
         for i, release in enumerate(spec.releases)
     ]
-    plan = build_groups(ids, dict(zip(ids, needs, strict=True)), field="spec.releases")
+    order = build_groups(ids, dict(zip(ids, needs, strict=True)), field="spec.releases")
     index_of = {rid: i for i, rid in enumerate(ids)}
 
     state_context = {
@@ -244,6 +244,7 @@ def render_state(
             ]
             values = merge_all([*release.values, *rendered])
         drift = release.drift_detection or spec.drift_detection
+        approval = release.approval or spec.approval
         release_spec = HelmfileReleaseSpec(
             release_name=release.name,
             target_namespace=namespaces[i],
@@ -257,6 +258,7 @@ def render_state(
             interval=spec.interval,
             service_account_name=spec.service_account_name,
             drift_detection=drift.model_copy(deep=True) if drift is not None else None,
+            approval=approval.model_copy() if approval is not None else None,
         )
         releases.append(
             RenderedRelease(
@@ -264,7 +266,7 @@ def render_state(
             )
         )
     return RenderedState(
-        environment=environment_name, values=environment_values, releases=releases, plan=plan
+        environment=environment_name, values=environment_values, releases=releases, order=order
     )
 
 
