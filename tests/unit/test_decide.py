@@ -104,6 +104,15 @@ CASES: list[tuple[str, Observation, Decision]] = [
      Decision(Action.INSTALL)),
     ("a failed attempt of values now in sync does not matter",
      Observation(**IN_SYNC, last_attempt=FAILED_NOW, stalled=True), Decision(Action.IN_SYNC)),
+    # atomic rollouts of a state
+    ("held by a failed rollout: no helm", Observation(**UPGRADE_WANTED, held=True),
+     Decision(Action.HELD)),
+    ("held, asked to roll back", Observation(**UPGRADE_WANTED, held=True, rollback_to=1),
+     Decision(Action.ROLL_BACK_FOR_ROLLOUT)),
+    ("deleting wins over a hold", Observation(deleting=True, held=True),
+     Decision(Action.UNINSTALL_AND_RELEASE)),
+    ("suspended wins over a hold", Observation(suspended=True, held=True, rollback_to=1),
+     Decision(Action.SUSPENDED)),
     # manual approval
     ("manual: an install waits for the approval of its plan",
      Observation(digest=D, approval_manual=True), Decision(Action.AWAIT_APPROVAL)),

@@ -40,6 +40,8 @@ from helmfile_operator.reconcile.context import (
 )
 from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.release import reconcile_release
+from helmfile_operator.reconcile.rollout import HOLD as ROLLOUT_HOLD
+from helmfile_operator.reconcile.rollout import ROLLBACK_TO
 from helmfile_operator.reconcile.state import reconcile_state
 from helmfile_operator.reconcile.workqueue import WorkQueue
 from helmfile_operator.settings import Settings
@@ -59,6 +61,8 @@ def signature(body: Body) -> tuple[Any, ...]:
         tuple(metadata.get("finalizers") or ()),
         (metadata.get("annotations") or {}).get(RECONCILE_REQUEST),
         (metadata.get("annotations") or {}).get(APPROVE),
+        (metadata.get("annotations") or {}).get(ROLLOUT_HOLD),
+        (metadata.get("annotations") or {}).get(ROLLBACK_TO),
     )
 
 

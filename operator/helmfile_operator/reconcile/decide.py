@@ -20,6 +20,8 @@ class Action(StrEnum):
     RELEASE = "release"  # deleting, keep the Helm release: drop the finalizer only
     UNINSTALL_AND_RELEASE = "uninstall and release"  # deleting: uninstall, then drop the finalizer
     SUSPENDED = "suspended"
+    ROLL_BACK_FOR_ROLLOUT = "roll back for rollout"  # the state's atomic rollout failed
+    HELD = "held"  # held by the state's failed atomic rollout: no helm runs
     REJECT_SELF_NEED = "reject self-need"  # Stalled: spec.needs names the release itself
     REJECT_OWNED = "reject owned by another"  # Stalled: another object drives this Helm release
     WAIT_FOR_NEEDS = "wait for needs"  # woken by the watch when a need turns Ready
@@ -69,6 +71,8 @@ class Observation:
     dependents: tuple[str, ...] = ()
     keep_release: bool = False
     suspended: bool = False
+    held: bool = False  # a failed atomic rollout of the state holds this release
+    rollback_to: int | None = None  # ... and asks it to roll back to this revision (not done)
     self_needed: bool = False
     owner: str | None = None  # the object that drives this Helm release, when not us
     unready_needs: tuple[str, ...] = ()
@@ -97,6 +101,10 @@ def decide(obs: Observation) -> Decision:
         return _decide_deletion(obs)
     if obs.suspended:
         return Decision(Action.SUSPENDED)
+    if obs.rollback_to is not None:
+        return Decision(Action.ROLL_BACK_FOR_ROLLOUT)
+    if obs.held:
+        return Decision(Action.HELD)
     if obs.self_needed:
         return Decision(Action.REJECT_SELF_NEED)
     if obs.owner is not None:

@@ -16,6 +16,7 @@ from helmfile_operator.api.models import (
     HelmfileReleaseSpec,
     HelmfileReleaseStatus,
     ReleasePlan,
+    RolloutHold,
     describe_validation_error,
 )
 from helmfile_operator.helm import HelmError, HelmErrorKind
@@ -43,6 +44,8 @@ from helmfile_operator.reconcile.failures import record_failure, retry_later, st
 from helmfile_operator.reconcile.plan import PlanAction, plan_id
 from helmfile_operator.reconcile.plan import summary as plan_summary
 from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
+from helmfile_operator.reconcile.rollout import HOLD as ROLLOUT_HOLD
+from helmfile_operator.reconcile.rollout import ROLLBACK_TO
 from helmfile_operator.reconcile.values import ValuesSourceError, final_values, repository_access
 from helmfile_operator.render.values import values_digest
 from helmfile_operator.sources import ChartSourceError, is_exact
@@ -53,6 +56,7 @@ logger = logging.getLogger("helmfile_operator.release")
 # The Ready reason while the chart's repository cannot say which version a range stands for.
 CHART_UNAVAILABLE = "ChartUnavailable"
 AWAITING_APPROVAL = "AwaitingApproval"
+ROLLOUT_ROLLED_BACK = "RolloutRolledBack"
 
 
 async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
@@ -112,8 +116,11 @@ async def observe(ctx: ReleaseContext) -> Observation:
             owner=owner_name,
         )
     spec = ctx.spec
+    hold = _rollout_hold(ctx)
     base = Observation(
         suspended=spec.suspend,
+        held=hold is not None,
+        rollback_to=_rollback_wanted(ctx, hold),
         self_needed=ctx.key.name in spec.needs,
         owner=owner_name,
         unready_needs=tuple(_unready_needs(ctx)),
@@ -122,7 +129,7 @@ async def observe(ctx: ReleaseContext) -> Observation:
         interval_seconds=ctx.interval_seconds,
         helm_timeout_seconds=ctx.timeout_seconds,
     )
-    if base.suspended or base.self_needed or base.owner:
+    if base.suspended or base.held or base.self_needed or base.owner:
         return base
     if base.unready_needs and not base.approval_manual:
         return base
@@ -255,6 +262,27 @@ async def _source_access(ctx: ReleaseContext) -> Access:
         ca_pem=ca_pem,
         insecure_skip_tls_verify=ctx.spec.chart.repository.insecure_skip_tls_verify,
     )
+
+
+def _rollout_hold(ctx: ReleaseContext) -> str | None:
+    """The rollout holding this release, from the state's annotation; a lifted hold is
+    forgotten."""
+    hold = (ctx.body["metadata"].get("annotations") or {}).get(ROLLOUT_HOLD) or None
+    recorded = ctx.status.rollout_hold
+    if recorded is not None and recorded.rollout != hold:
+        ctx.status.rollout_hold = None
+    return hold
+
+
+def _rollback_wanted(ctx: ReleaseContext, hold: str | None) -> int | None:
+    """The revision the held release is asked to roll back to, unless it did already."""
+    value = (ctx.body["metadata"].get("annotations") or {}).get(ROLLBACK_TO)
+    if hold is None or not value or not value.isdigit():
+        return None
+    recorded = ctx.status.rollout_hold
+    if recorded is not None and recorded.rolled_back_to == int(value):
+        return None
+    return int(value)
 
 
 def _plan_wanted_change(ctx: ReleaseContext) -> None:
@@ -405,6 +433,52 @@ async def _uninstall_wanted(ctx: ReleaseContext, decision: Decision) -> None:
 
 async def _mark_uninstalled(ctx: ReleaseContext, decision: Decision) -> None:
     ctx.ready("Uninstalled", "not installed (installed: false)")
+
+
+async def _held(ctx: ReleaseContext, decision: Decision) -> None:
+    hold = (ctx.body["metadata"].get("annotations") or {}).get(ROLLOUT_HOLD) or ""
+    status = ctx.status
+    if status.rollout_hold is None:
+        status.rollout_hold = RolloutHold(rollout=hold)
+    done = status.rollout_hold.rolled_back_to
+    back = f"; rolled back to revision {done}" if done is not None else ""
+    ctx.waiting(
+        ROLLOUT_ROLLED_BACK,
+        f"held: rollout {hold} of the state failed{back}; no helm runs until a new generation "
+        "of the state starts another rollout",
+    )
+
+
+async def _roll_back_for_rollout(ctx: ReleaseContext, decision: Decision) -> None:
+    """The state's rollout failed after this release was upgraded by it: back to the revision
+    from before the rollout. The Helm history keeps both."""
+    hold = (ctx.body["metadata"].get("annotations") or {}).get(ROLLOUT_HOLD) or ""
+    target = _rollback_wanted(ctx, hold)
+    assert target is not None
+    await ctx.starting("RollingBack", f"rollout {hold} failed: rolling back to revision {target}")
+    try:
+        await ctx.helm_rollback(target, wait=bool(ctx.options.wait))
+    except HelmError as error:
+        ctx.status.failures += 1
+        retry_later(ctx, "RollbackFailed", f"rollback to revision {target} failed: {error.message}")
+        return
+    ctx.reconciler.metrics.remediations.labels("rollout-rollback").inc()
+    status = ctx.status
+    status.failures = 0
+    storage = await ctx.read_storage()
+    status.revision = storage.revision if storage is not None else status.revision
+    entry = next((h for h in reversed(status.history) if h.revision == target), None)
+    # The digest of the revision restored: the same spec as before the rollout is in sync.
+    status.last_applied_digest = entry.digest if entry is not None else None
+    status.values_digest = status.last_applied_digest
+    if entry is not None:
+        status.chart_version = entry.chart_version
+    status.rollout_hold = RolloutHold(rollout=hold, rolled_back_to=target, revision=status.revision)
+    message = (
+        f"rolled back to revision {target} (now revision {status.revision}): rollout {hold} failed"
+    )
+    ctx.event("Warning", ROLLOUT_ROLLED_BACK, message)
+    await _held(ctx, decision)
 
 
 async def _report_forbidden(ctx: ReleaseContext, decision: Decision) -> None:
@@ -559,6 +633,8 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.RELEASE: _release,
     Action.UNINSTALL_AND_RELEASE: _uninstall_and_release,
     Action.SUSPENDED: _nothing,
+    Action.ROLL_BACK_FOR_ROLLOUT: _roll_back_for_rollout,
+    Action.HELD: _held,
     Action.REJECT_SELF_NEED: _reject_self_need,
     Action.REJECT_OWNED: _reject_owned,
     Action.WAIT_FOR_NEEDS: _wait_for_needs,

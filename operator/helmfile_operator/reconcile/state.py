@@ -36,6 +36,10 @@ from helmfile_operator.reconcile.context import (
 )
 from helmfile_operator.reconcile.plan import PendingPlan, plan_id, state_plan, state_plan_summary
 from helmfile_operator.reconcile.release_context import tenant_identity
+from helmfile_operator.reconcile.rollout import HOLD as ROLLOUT_HOLD
+from helmfile_operator.reconcile.rollout import ROLLBACK_TO, advance
+from helmfile_operator.reconcile.rollout import Child as RolloutChild
+from helmfile_operator.reconcile.rollout import start as rollout_start
 from helmfile_operator.reconcile.values import ValuesSourceError, resolve_values_from
 from helmfile_operator.render.errors import RenderError
 from helmfile_operator.render.state import RenderedState, StateMeta
@@ -43,6 +47,8 @@ from helmfile_operator.rendering import RenderLimitExceeded, render_state_bounde
 
 logger = logging.getLogger("helmfile_operator.state")
 
+ROLLED_BACK = "RolloutRolledBack"
+BACKING_OUT = frozenset({"RollingBack", "RolledBack"})
 # Reconciling reasons of a release while a helm command runs for it.
 HELM_IN_PROGRESS = frozenset({"Installing", "Upgrading", "RollingBack", "Uninstalling"})
 
@@ -73,9 +79,13 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     rendered = await _render(reconciler, key, body, status)
     removals: list[dict[str, Any]] = []
     if rendered is not None:
-        children, removals = await _apply_children(reconciler, key, body, rendered, children)
+        previous_children = children
+        children, removals, changed = await _apply_children(
+            reconciler, key, body, rendered, children
+        )
         status.environment = rendered.environment
         status.order = rendered.order
+        await _roll_out(reconciler, key, body, status, previous_children, children, changed)
     requested = (metadata.get("annotations") or {}).get(RECONCILE_REQUEST)
     if requested:
         status.last_handled_reconcile_at = requested
@@ -196,19 +206,26 @@ async def _apply_children(
     body: dict[str, Any],
     rendered: RenderedState,
     existing: list[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Create/update the desired children; delete those no longer in the state (uninstalls) —
-    under manual approval they are returned instead, and deleted once the plan is approved."""
+    under manual approval they are returned instead, and deleted once the plan is approved.
+    Returns the children, those removals, and the names of the children written."""
     kube = reconciler.kube
     current = {child["metadata"]["name"]: child for child in existing}
     applied = []
+    changed = []
     for index, release in enumerate(rendered.releases):
         desired = _child_body(key, body, rendered, index)
         have = current.get(release.resource_name)
         if have is not None and _up_to_date(have, desired):
             applied.append(have)
             continue
-        applied.append(await kube.apply(RELEASES, key.namespace, desired))
+        written = await kube.apply(RELEASES, key.namespace, desired)
+        applied.append(written)
+        if have is None or written["metadata"].get("generation") != have["metadata"].get(
+            "generation"
+        ):
+            changed.append(release.resource_name)
     wanted = {release.resource_name for release in rendered.releases}
     removals = []
     for name, child in current.items():
@@ -217,7 +234,7 @@ async def _apply_children(
                 removals.append(child)
                 continue
             await _remove_child(reconciler, key, body, name)
-    return applied, removals
+    return applied, removals, changed
 
 
 async def _remove_child(
@@ -230,6 +247,71 @@ async def _remove_child(
 def _approval_manual(body: dict[str, Any]) -> bool:
     approval = (body.get("spec") or {}).get("approval") or {}
     return bool(approval.get("mode") == ApprovalMode.MANUAL)
+
+
+# --- atomic rollouts (reconcile/rollout.py) -----------------------------------------------------
+
+
+async def _roll_out(
+    reconciler: Reconciler,
+    key: ObjectKey,
+    body: dict[str, Any],
+    status: HelmfileStateStatus,
+    before: list[dict[str, Any]],
+    children: list[dict[str, Any]],
+    changed: list[str],
+) -> None:
+    """Start a rollout when a generation changed children, advance it, and mark the children
+    with what it says (holds, rollbacks)."""
+    generation = int(body["metadata"].get("generation") or 0)
+    atomic = bool(((body.get("spec") or {}).get("rollout") or {}).get("atomic"))
+    rollout = status.rollout if atomic else None
+    if atomic and changed and (rollout is None or rollout.generation != generation):
+        revisions = {
+            child["metadata"]["name"]: (child.get("status") or {}).get("revision")
+            for child in before
+        }
+        rollout = rollout_start(key.name, generation, changed, revisions)
+    step = (
+        advance(rollout, {c.name: c for c in map(_rollout_child, children)}, status.order)
+        if rollout is not None
+        else None
+    )
+    phase = rollout.phase if rollout is not None else None
+    if step is not None and step.rollout.phase != phase and step.rollout.phase in BACKING_OUT:
+        reconciler.event(body, "Warning", ROLLED_BACK, step.rollout.message)
+    status.rollout = step.rollout if step is not None else None
+    for child in children:
+        name = child["metadata"]["name"]
+        wanted = {
+            ROLLOUT_HOLD: step.rollout.id if step is not None and name in step.holds else None,
+            ROLLBACK_TO: str(step.rollbacks[name])
+            if step is not None and name in step.rollbacks
+            else None,
+        }
+        annotations = child["metadata"].get("annotations") or {}
+        if all(annotations.get(k) == v for k, v in wanted.items()):
+            continue
+        await reconciler.kube.patch_metadata(RELEASES, key.namespace, name, {"annotations": wanted})
+        child["metadata"]["annotations"] = {
+            **{k: v for k, v in annotations.items() if k not in wanted},
+            **{k: v for k, v in wanted.items() if v is not None},
+        }
+
+
+def _rollout_child(child: dict[str, Any]) -> RolloutChild:
+    child_status = HelmfileReleaseStatus.model_validate(child.get("status") or {})
+    spec = child.get("spec") or {}
+    current = child_status.observed_generation == child["metadata"].get("generation")
+    hold = child_status.rollout_hold
+    return RolloutChild(
+        name=child["metadata"]["name"],
+        release_id=f"{spec.get('targetNamespace')}/{spec.get('releaseName')}",
+        revision=child_status.revision,
+        ready=conditions.body_is_ready(child),
+        failed=current and conditions.find(child_status.conditions, conditions.STALLED) is not None,
+        rolled_back_to=hold.rolled_back_to if hold is not None else None,
+    )
 
 
 # --- plans and their approval --------------------------------------------------------------
@@ -381,7 +463,13 @@ def _summarise(
     if not rendered:
         return  # Stalled by the render error; the summary above still shows what runs
     plan = status.plan
-    if plan is not None and not stalled:
+    rollout = status.rollout
+    if rollout is not None and rollout.phase in BACKING_OUT:
+        mark = (
+            conditions.mark_stalled if rollout.phase == "RolledBack" else conditions.mark_not_ready
+        )
+        status.conditions = mark(status.conditions, ROLLED_BACK, rollout.message, generation)
+    elif plan is not None and not stalled:
         refused = (
             f"; approval {status.refused_approval} was refused: it names an earlier plan"
             if status.refused_approval
