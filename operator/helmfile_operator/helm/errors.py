@@ -276,12 +276,23 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     it may take in an error message (`secret_forms`)."""
     text = _URL_USERINFO.sub(lambda m: m.group("scheme") + REDACTED + "@", text)
     text = _SECRET_ASSIGN.sub(lambda m: m.group("key") + REDACTED, text)
+    return redact_forms(text, all_secret_forms(secrets))
+
+
+def all_secret_forms(secrets: Iterable[str]) -> list[str]:
+    """Every form of every secret (`secret_forms`), longest first: a form containing another is
+    replaced whole. Computed once for many texts."""
     forms: set[str] = set()
     for secret in secrets:
         forms |= secret_forms(secret)
-    # Longest first, so that a form containing another is replaced whole.
-    for form in sorted(forms, key=lambda f: (-len(f), f)):
-        text = text.replace(form, REDACTED)
+    return sorted(forms, key=lambda f: (-len(f), f))
+
+
+def redact_forms(text: str, forms: Iterable[str]) -> str:
+    """`text` with each of `forms` (from `all_secret_forms`) replaced."""
+    for form in forms:
+        if form in text:
+            text = text.replace(form, REDACTED)
     return text
 
 

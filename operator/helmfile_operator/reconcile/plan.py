@@ -30,7 +30,7 @@ from helmfile_operator.api.models import (
     StatePlan,
     StatePlanRelease,
 )
-from helmfile_operator.helm.errors import redact_text
+from helmfile_operator.helm.errors import all_secret_forms, redact_forms
 from helmfile_operator.reconcile.conditions import now
 from helmfile_operator.reconcile.drift import Comparison, diff_paths
 
@@ -114,7 +114,7 @@ def build_plan(plan: PlanInput) -> ReleasePlan:
     if plan.values_before is not None and plan.values_after is not None:
         values = diff_paths(dict(plan.values_before), dict(plan.values_after))
     elif plan.values_after is not None and plan.action == "install":
-        values = diff_paths({}, dict(plan.values_after))
+        values = leaf_paths(plan.values_after)
     return ReleasePlan(
         id=plan.id,
         action=plan.action,
@@ -131,6 +131,25 @@ def build_plan(plan: PlanInput) -> ReleasePlan:
 
 
 _UNCOMPARED = "the live objects were not compared: the plan compares the two manifests"
+
+
+def leaf_paths(value: Any, prefix: str = "") -> list[str]:
+    """JSON pointers of every leaf (a new install sets them all); an empty map inside is one."""
+    if not prefix and not value:
+        return []
+    if isinstance(value, Mapping) and value:
+        return [
+            path
+            for key in sorted(value, key=str)
+            for path in leaf_paths(value[key], f"{prefix}/{_escape(str(key))}")
+        ]
+    if isinstance(value, list) and value:
+        return [path for i, item in enumerate(value) for path in leaf_paths(item, f"{prefix}/{i}")]
+    return [prefix or "/"]
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _entry(
@@ -191,8 +210,10 @@ def text_diff(
     """A unified diff per object (like helm-diff), deployed → planned. Secret `data` and
     `stringData` are masked (a changed value shows as changed, never itself), and every
     string read from a Secret is redacted wherever it appears."""
-    before = {object_id(o, namespace): o for o in deployed}
-    after = {object_id(o, namespace): o for o in planned}
+    forms = all_secret_forms(secrets)
+    # Redacted in the objects, before they become YAML: the dump may quote or fold a string.
+    before = {object_id(o, namespace): _redacted(o, forms) for o in deployed}
+    after = {object_id(o, namespace): _redacted(o, forms) for o in planned}
     keys = list(after) + [k for k in before if k not in after]
     chunks: list[str] = []
     for key in keys:
@@ -206,8 +227,20 @@ def text_diff(
             tofile=f"{name} (planned)" if new is not None else "/dev/null",
         )
         chunks.append("".join(lines))
-    text = redact_text("".join(chunk for chunk in chunks if chunk), list(secrets))
-    return _bounded(text)
+    return _bounded("".join(chunk for chunk in chunks if chunk))
+
+
+def _redacted(value: Any, forms: Sequence[str]) -> Any:
+    """`value` with every string (and key) read from a Secret redacted, in each of its forms."""
+    if not forms:
+        return value
+    if isinstance(value, Mapping):
+        return {redact_forms(str(k), forms): _redacted(v, forms) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(item, forms) for item in value]
+    if isinstance(value, str):
+        return redact_forms(value, forms)
+    return value
 
 
 def _yaml_lines(obj: Mapping[str, Any] | None) -> list[str]:
