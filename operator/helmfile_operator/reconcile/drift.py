@@ -194,18 +194,19 @@ class DriftChecker:
             ) from None
 
     async def compare(
-        self, manifest: str, namespace: str, impersonate: str | None = None
+        self, manifest: str, release: str, namespace: str, impersonate: str | None = None
     ) -> list[Comparison]:
-        """What applying each object of `manifest` as helm would change in the live objects
-        (a plan's view: no ignore rules, no opt-out)."""
-        return await asyncio.to_thread(self._compare_all, manifest, namespace, impersonate)
+        """What helm applying each object of `manifest` for `release` would change in the live
+        objects (a plan's view: no ignore rules, no opt-out)."""
+        return await asyncio.to_thread(self._compare_all, manifest, release, namespace, impersonate)
 
     def _compare_all(
-        self, manifest: str, namespace: str, impersonate: str | None
+        self, manifest: str, release: str, namespace: str, impersonate: str | None
     ) -> list[Comparison]:
         dynamic = self._client(impersonate)
         return [
-            self._compare(dynamic, obj, namespace, HELM_FIELD_MANAGER) for obj in _objects(manifest)
+            self._compare(dynamic, obj, namespace, HELM_FIELD_MANAGER, owner=release)
+            for obj in _objects(manifest)
         ]
 
     def _compare(
@@ -217,8 +218,10 @@ class DriftChecker:
         ignore: Sequence[DriftIgnoreRule] = (),
         *,
         honour_opt_out: bool = False,
+        owner: str | None = None,
     ) -> Comparison:
-        """One object: GET the live one, then a server-side-apply dry run of the manifest's."""
+        """One object: GET the live one, then a server-side-apply dry run of the manifest's
+        (with `owner`: carrying the ownership marks helm adds for that release)."""
         resource = self._resource(dynamic, obj)
         object_namespace = (
             (obj["metadata"].get("namespace") or namespace) if resource.namespaced else None
@@ -235,10 +238,11 @@ class DriftChecker:
         annotations = (live.get("metadata") or {}).get("annotations") or {}
         if honour_opt_out and annotations.get(DRIFT_OPT_OUT) == "disabled":
             return Comparison(obj, object_namespace, opted_out=True)
+        body = _with_namespace(obj, object_namespace)
         try:
             desired = dynamic.server_side_apply(
                 resource,
-                body=_with_namespace(obj, object_namespace),
+                body=_helm_owned(body, owner, namespace) if owner else body,
                 namespace=object_namespace,
                 field_manager=field_manager,
                 force_conflicts=True,

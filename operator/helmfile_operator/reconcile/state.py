@@ -271,6 +271,10 @@ async def _roll_out(
             child["metadata"]["name"]: (child.get("status") or {}).get("revision")
             for child in before
         }
+        if rollout is not None and rollout.phase in BACKING_OUT:
+            # Released from their hold, the last rollout's releases change again too.
+            held = [r.name for r in rollout.releases if r.name in revisions]
+            changed = [*changed, *(name for name in held if name not in changed)]
         rollout = rollout_start(key.name, generation, changed, revisions)
     step = (
         advance(rollout, {c.name: c for c in map(_rollout_child, children)}, status.order)

@@ -63,7 +63,8 @@ async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
             version_to=ctx.chart.version
             if ctx.chart is not None and action != "uninstall"
             else None,
-            values_before=_mapping_or_none(deployed.get("config")) if deployed else None,
+            # helm leaves `config` out when no value was set.
+            values_before=_mapping_or_none(deployed.get("config") or {}) if deployed else None,
             values_after=ctx.values if action != "uninstall" else None,
         )
     )
@@ -122,7 +123,10 @@ async def _compare(ctx: ReleaseContext, manifest: str) -> tuple[list[Comparison]
     if checker is None:
         return None, ""
     try:
-        return await checker.compare(manifest, ctx.spec.target_namespace, ctx.impersonate), ""
+        found = await checker.compare(
+            manifest, ctx.spec.release_name, ctx.spec.target_namespace, ctx.impersonate
+        )
+        return found, ""
     except DriftCheckError as error:
         return None, f"live objects not compared ({error})"
 
