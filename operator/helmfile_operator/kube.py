@@ -312,6 +312,21 @@ class Kube:
 _CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
+def merge_patch_between(before: Body, after: Body) -> Body:
+    """The JSON merge patch (RFC 7386) that turns `before` into `after`: changed keys, nested
+    maps recursively, and null for every key `after` no longer has (at any depth)."""
+    patch: Body = {key: None for key in before if key not in after}
+    for key, value in after.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            nested = merge_patch_between(old, value)
+            if nested:
+                patch[key] = nested
+        elif key not in before or old != value:
+            patch[key] = value
+    return patch
+
+
 def _q(segment: str) -> str:
     """A path segment, escaped (names are validated, but never trust a path built from data)."""
     return urllib.parse.quote(segment, safe="")

@@ -278,6 +278,7 @@ def test_release_health_in_each_condition(
             "watched", namespace, url,
             interval="3s", driftDetection={"mode": "warn"},
         ),
+        release("gated", namespace, url, approval={"mode": "manual"}),
     ]})  # fmt: skip
 
     def capture(name: str) -> dict[str, Any]:
@@ -324,6 +325,12 @@ def test_release_health_in_each_condition(
     assert "drifted: " in health(kind, drifted)["message"]
     record(kind, "healthy-drifted", drifted)
 
+    # A plan waiting for its approval is paused, not failed (kstatus: Ready=False is InProgress).
+    wait_for(cluster, "hfr", namespace, "gated", "Ready", status="False", reason="AwaitingApproval")
+    gated = capture("gated")
+    check(kind, gated, "Suspended", "InProgress")
+    record(kind, "suspended-awaiting-approval", gated)
+
     # Suspended through the Argo CD action, as Argo CD sends it: a merge patch of the result.
     run_action(cluster, kind, namespace, "web", "suspend")
     suspended = capture_when(cluster, namespace, "hfr", "web", observed)
@@ -356,6 +363,8 @@ def test_state_health_in_each_condition(
         healthy_state,
         state("rollout", namespace, url, slow),
         state("broken", namespace, url, {"name": "web", "chart": "demo/demo-app", "needs": ["db"]}),
+        {**(gated := state("gated", namespace, url, {"name": "gate", "chart": "demo/demo-app"})),
+         "spec": {**gated["spec"], "approval": {"mode": "manual"}}},
     ]})  # fmt: skip
 
     def capture(name: str) -> dict[str, Any]:
@@ -387,6 +396,11 @@ def test_state_health_in_each_condition(
     failed = capture("rollout")
     check(kind, failed, "Degraded", "Failed")
     record(kind, "degraded-release-failed", failed)
+
+    wait_for(cluster, "hfs", namespace, "gated", "Ready", status="False", reason="AwaitingApproval")
+    awaiting = capture("gated")
+    check(kind, awaiting, "Suspended", "InProgress")
+    record(kind, "suspended-awaiting-approval", awaiting)
 
     # Suspending pauses the releases (they keep their Ready): the state settles Ready again.
     run_action(cluster, kind, namespace, "stack", "suspend")

@@ -957,6 +957,12 @@ class HelmfileStateStatus(Model):
     rollout: RolloutStatus | None = Field(
         default=None, description="The last atomic rollout (`spec.rollout.atomic`)."
     )
+
+    @field_validator("plan", mode="before")
+    @classmethod
+    def _drop_install_order(cls, value: Any) -> Any:
+        # Written by earlier versions: the install order, now in `order`.
+        return None if isinstance(value, list) else value
     releases: list[ReleaseSummary] = Field(
         default_factory=list, description="One summary per HelmfileRelease of the state."
     )

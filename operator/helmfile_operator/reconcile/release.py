@@ -268,9 +268,15 @@ def _rollout_hold(ctx: ReleaseContext) -> str | None:
     """The rollout holding this release, from the state's annotation; a lifted hold is
     forgotten."""
     hold = (ctx.body["metadata"].get("annotations") or {}).get(ROLLOUT_HOLD) or None
-    recorded = ctx.status.rollout_hold
+    status = ctx.status
+    recorded = status.rollout_hold
     if recorded is not None and recorded.rollout != hold:
-        ctx.status.rollout_hold = None
+        status.rollout_hold = None if hold is None else RolloutHold(rollout=hold)
+        if hold is None:
+            # Released into the state's next rollout: a failure under the last one starts over.
+            status.failures = 0
+            status.last_attempted = None
+            ctx.remove_condition(conditions.STALLED)
     return hold
 
 

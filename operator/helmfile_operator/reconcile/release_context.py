@@ -3,6 +3,7 @@ condition helpers bound to it (`ctx.not_ready(reason, message)`)."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,7 @@ from helmfile_operator.api.models import (
     duration_seconds,
 )
 from helmfile_operator.helm import ReleaseInfo, latest_from_secrets
-from helmfile_operator.kube import RELEASES, Kube
+from helmfile_operator.kube import RELEASES, Kube, merge_patch_between
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import APPROVE, ObjectKey, Reconciler
 from helmfile_operator.reconcile.plan import PlanAction
@@ -109,7 +110,8 @@ class ReleaseContext:
     written: dict[str, Any] = field(default_factory=dict)  # the status as last read or written
 
     def __post_init__(self) -> None:
-        self.written = self.status.to_wire()
+        # As stored (not as parsed): the base of the merge patches `flush` writes.
+        self.written = copy.deepcopy(self.body.get("status") or {})
 
     @property
     def generation(self) -> int | None:
@@ -265,10 +267,9 @@ class ReleaseContext:
         after = self.status.to_wire()
         if after == self.written:
             return
-        # A merge patch keeps the keys it leaves out: null those this pass cleared.
-        cleared: dict[str, Any] = {k: None for k in self.written if k not in after}
+        # A merge patch keeps the keys it leaves out: it nulls those this pass cleared.
         written = await self.reconciler.kube.patch_status(
-            RELEASES, self.key.namespace, self.key.name, {**cleared, **after}
+            RELEASES, self.key.namespace, self.key.name, merge_patch_between(self.written, after)
         )
         self.written = after
         # Later writes with a resourceVersion precondition (finalizers) must see this one.

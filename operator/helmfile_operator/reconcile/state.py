@@ -6,6 +6,7 @@ message naming the field, and touches none of the children: what is installed st
 
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any
 
@@ -23,7 +24,7 @@ from helmfile_operator.api.models import (
     StatePlan,
     describe_validation_error,
 )
-from helmfile_operator.kube import RELEASES, STATES
+from helmfile_operator.kube import RELEASES, STATES, merge_patch_between
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import (
     APPROVE,
@@ -61,7 +62,7 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     metadata = body["metadata"]
     generation = metadata.get("generation")
     status = HelmfileStateStatus.model_validate(body.get("status") or {})
-    before = status.to_wire()
+    before = copy.deepcopy(body.get("status") or {})  # as stored: the base of the merge patch
     children = await kube.list_objects(RELEASES, key.namespace, f"{STATE_LABEL}={key.name}")
 
     if metadata.get("deletionTimestamp"):
@@ -92,8 +93,9 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     status.plan = await _plan(reconciler, key, body, status, children, removals)
     _summarise(key, status, children, generation, rendered is not None)
     status.observed_generation = generation
-    if status.to_wire() != before:
-        await kube.patch_status(STATES, key.namespace, key.name, status.to_wire())
+    after = status.to_wire()
+    if after != before:
+        await kube.patch_status(STATES, key.namespace, key.name, merge_patch_between(before, after))
 
 
 async def _render(
@@ -427,7 +429,6 @@ def _summarise(
     generation: int | None,
     rendered: bool,
 ) -> None:
-    name, namespace = key.name, key.namespace
     summaries = []
     counts = ReleaseCounts(total=len(children))
     not_ready = []
@@ -483,7 +484,7 @@ def _summarise(
             status.conditions,
             "AwaitingApproval",
             f"plan {plan.id}: {state_plan_summary(plan)}{refused}; approve it with `kubectl "
-            f"annotate hfs {name} -n {namespace} {APPROVE}={plan.id} --overwrite`",
+            f"annotate hfs {key.name} -n {key.namespace} {APPROVE}={plan.id} --overwrite`",
             generation,
         )
     elif stalled:

@@ -73,6 +73,12 @@ if ready ~= nil and ready.status == "True" then
   end
   return hs
 end
+-- A plan waits for someone's approval (approval.mode manual): paused, not failed.
+if ready ~= nil and ready.status == "False" and ready.reason == "AwaitingApproval" then
+  hs.status = "Suspended"
+  hs.message = describe(ready)
+  return hs
+end
 if ready ~= nil and ready.status == "False" then
   hs.status = "Degraded"
   hs.message = describe(ready)
