@@ -32,6 +32,8 @@ BENCH_DIR = REPO_ROOT / "bench"
 CHART_DIR = BENCH_DIR / "charts" / "trivial"
 CHART_NAME = "trivial"
 CHART_VERSION = "0.1.0"
+# The resources (plurals) of the objects bench/charts/trivial renders: one ConfigMap.
+CHART_RESOURCES = ("configmaps",)
 GROUP_PATH = "/apis/helmfile.dev/v1alpha1"
 
 
@@ -175,6 +177,28 @@ class Api:
         status, data = self.request("POST", "/api/v1/namespaces", body)
         if status not in (201, 409):
             raise BenchError(f"create namespace {name}: HTTP {status}: {data[:200]!r}")
+
+    def grant_tenant(self, namespace: str, service_account: str = "default") -> None:
+        """What a tenant namespace needs (docs/security.md, hack/demo.py): the operator
+        impersonates the namespace's `default` ServiceAccount for helm, drift checks, plans and
+        reads of Helm's storage; bind it to the built-in `admin` ClusterRole there."""
+        body = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "helmfile-deployer", "namespace": namespace},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "admin",
+            },
+            "subjects": [
+                {"kind": "ServiceAccount", "name": service_account, "namespace": namespace}
+            ],
+        }
+        path = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}/rolebindings"
+        status, data = self.request("POST", path, body)
+        if status not in (201, 409):
+            raise BenchError(f"RoleBinding in {namespace}: HTTP {status}: {data[:200]!r}")
 
     def delete_namespaces(self, names: list[str], timeout: float = 600) -> None:
         """Delete the namespaces (finalizers of our CRs dropped first) and wait until gone."""

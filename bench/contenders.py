@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import yaml
 from cluster import (
     BENCH_DIR,
     CHART_NAME,
+    CHART_RESOURCES,
     CHART_VERSION,
     GROUP_PATH,
     REPO_ROOT,
@@ -38,6 +39,8 @@ from watch import Seen, Watch
 RECONCILE_REQUEST = "helmfile.dev/reconcile-requested-at"
 # What the operator reads and writes (other clients of the test bed touch leases, nodes, pods).
 OPERATOR_RESOURCES = ("helmfilestates", "helmfilereleases", "secrets", "configmaps", "events")
+# ... and, in drift checks and plans, the objects of the releases' manifests (GET, dry-run apply).
+COUNTED_RESOURCES = tuple(dict.fromkeys((*OPERATOR_RESOURCES, *CHART_RESOURCES)))
 
 
 @dataclass
@@ -52,6 +55,10 @@ class Phase:
     peak_rss_mib: float | None = None
     api: dict[str, float] = field(default_factory=dict)  # API requests by "VERB resource"
     objects: int = 0  # what the phase is about (releases, or drift checks)
+    # plan phase: the objects of the planned manifests (those a plan GETs and dry-run applies),
+    # and those the plans update
+    manifest_objects: int | None = None
+    updated_objects: int | None = None
     # CPU the rest of the machine used meanwhile (not the contender, the control plane or the
     # harness), in cores: other work on a shared machine, which slows every wall time.
     others_cores: float | None = None
@@ -150,7 +157,7 @@ def _api_delta(api: Api, before: dict[tuple[str, ...], float]) -> dict[str, floa
     changed = measure.delta(after, before)
     out: dict[str, float] = {}
     for (verb, kind, subresource, dry_run), count in sorted(changed.items()):
-        if kind not in OPERATOR_RESOURCES or verb == "WATCH":
+        if kind not in COUNTED_RESOURCES or verb == "WATCH":
             continue  # (the operator's watches are long-lived; new ones are other clients')
         what = f"{verb} {kind}" + (f"/{subresource}" if subresource else "")
         out[what + (" (dry run)" if dry_run else "")] = count
@@ -403,8 +410,22 @@ class Operator:
                 spy.wait()
 
 
+def release_values(index: int) -> list[dict[str, Any]]:
+    return [{"index": index}]
+
+
+def planned_values(index: int) -> list[dict[str, Any]]:
+    """The plan phase's change of a release: the one value the chart renders, so that one field
+    of its one object (the ConfigMap's `data.index`) changes."""
+    return [{"index": f"{index}-planned"}]
+
+
 def state_manifest(
-    ctx: Context, namespace: str, indices: list[int], extra_spec: dict[str, Any] | None = None
+    ctx: Context,
+    namespace: str,
+    indices: list[int],
+    extra_spec: dict[str, Any] | None = None,
+    values: Callable[[int], list[dict[str, Any]]] = release_values,
 ) -> dict[str, Any]:
     return {
         "apiVersion": "helmfile.dev/v1alpha1",
@@ -423,7 +444,7 @@ def state_manifest(
                     "name": release_name(index),
                     "chart": f"bench/{CHART_NAME}",
                     "version": CHART_VERSION,
-                    "values": [{"index": index}],
+                    "values": values(index),
                 }
                 for index in indices
             ],
@@ -459,6 +480,7 @@ def run_operator(
     directory.mkdir(parents=True)
     for namespace in namespaces:
         ctx.api.create_namespace(namespace)
+        ctx.api.grant_tenant(namespace)
     manifest = {
         "apiVersion": "v1",
         "kind": "List",
@@ -533,6 +555,9 @@ def run_operator(
         # 3. drift detection (warn) on a short interval: one periodic pass of checks.
         if drift:
             phases.update(_drift(ctx, operator, namespaces, size, metrics_resync))
+
+        # 4. a change of every release under manual approval: a plan each, no upgrade.
+        phases["plan"] = _plan(ctx, operator, namespaces, groups, label, drift=drift)
     finally:
         operator.stop()
         ctx.api.delete_namespaces(namespaces)
@@ -594,3 +619,75 @@ def _drift(
         api=api, objects=checks,
     )  # fmt: skip
     return {"drift-enable": enable, "drift": periodic}
+
+
+def _plan(
+    ctx: Context,
+    operator: Operator,
+    namespaces: list[str],
+    groups: list[list[int]],
+    label: str,
+    *,
+    drift: bool,
+) -> Phase:
+    """`approval: {mode: manual}` and a changed value of every release, in one merge patch per
+    state, until every HelmfileRelease shows a new plan `AwaitingApproval` at its new generation:
+    one `helm upgrade --dry-run=server` per release, a GET and a dry-run apply per object, and no
+    upgrade."""
+    watch = ctx.watch
+    nsset = set(namespaces)
+    size = sum(len(indices) for indices in groups)
+
+    def releases() -> list[Seen]:
+        return watch.in_namespaces(watch.releases, nsset)
+
+    with watch.changed:
+        before = {(s.namespace, s.name): (s.generation, s.plan_id) for s in releases()}
+
+    def planned() -> bool:
+        seen = releases()
+        return len(seen) == size and all(
+            s.current
+            and s.plan_phase == "AwaitingApproval"
+            and (s.namespace, s.name) in before
+            and s.generation > before[(s.namespace, s.name)][0]
+            and s.plan_id != before[(s.namespace, s.name)][1]
+            for s in seen
+        )
+
+    metrics_before = operator.scrape()
+    cpu_before = ctx.quiet(operator.pid)
+    api_before = measure.apiserver_requests(ctx.api.metrics())
+    with operator.profiled("plan"):
+        started = time.monotonic()
+        others = Others(ctx, operator.pid)
+        for ns, indices in zip(namespaces, groups, strict=True):
+            spec: dict[str, Any] = {
+                "approval": {"mode": "manual"},
+                # (a merge patch replaces the list: every release, with its changed values)
+                "releases": state_manifest(ctx, ns, indices, values=planned_values)["spec"][
+                    "releases"
+                ],
+            }
+            if drift:  # no periodic drift checks in the window
+                spec.update(driftDetection=None, interval=None)
+            ctx.api.merge_patch(
+                f"{GROUP_PATH}/namespaces/{ns}/helmfilestates/bench", {"spec": spec}
+            )
+        done = watch.wait(planned, ctx.timeout, f"{label}: plans awaiting approval")
+        busy = others.cores()
+        control_plane = others.control_plane()
+        cpu_after = ctx.quiet(operator.pid)
+    api = _api_delta(ctx.api, api_before)
+    helm, errors = _helm_phase(metrics_before, operator.scrape())
+    with watch.changed:
+        seen = releases()
+        manifest_objects = sum(s.plan_objects for s in seen)
+        updated = sum(s.plan_updates for s in seen)
+    used = cpu_after - cpu_before
+    return Phase(
+        wall=done - started, cpu=used.total, cpu_own=used.own, helm=helm, helm_errors=errors,
+        peak_rss_mib=measure.proc_memory(operator.pid).get("VmHWM"), api=api, objects=size,
+        manifest_objects=manifest_objects, updated_objects=updated, others_cores=busy,
+        control_plane_cpu=control_plane,
+    )  # fmt: skip

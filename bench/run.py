@@ -8,7 +8,8 @@ absent by
   - the raw floor: `helm upgrade --install` per release, C at a time (bench/raw_floor.py);
   - helmfile sync, and helmfile apply (then a second, no-op apply);
   - the operator with all releases in one HelmfileState, and spread across 10 states; then a
-    forced resync of the unchanged states, and one periodic pass of drift checks.
+    forced resync of the unchanged states, one periodic pass of drift checks, and a change of
+    every release under `approval: {mode: manual}` (a plan each, no upgrade).
 Between runs every namespace is deleted, so each run starts from absent. Results go to stdout,
 to a JSON file and to the generated section of docs/benchmarks.md.
 """

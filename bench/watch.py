@@ -29,12 +29,21 @@ class Seen:
     reconcile_handled: str | None
     drift_checked: str | None
     drifted: str | None  # status of the Drifted condition
+    # status.plan (HelmfileReleases): its phase (AwaitingApproval, Approved, Applied, Failed),
+    # its id, the objects of the planned manifest (created, updated or unchanged: those the plan
+    # compares with the cluster) and those it updates.
+    plan_phase: str | None = None
+    plan_id: str | None = None
+    plan_objects: int = 0
+    plan_updates: int = 0
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Seen:
         metadata = body["metadata"]
         status = body.get("status") or {}
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        plan = status.get("plan") or {}
+        counts = {k: v for k, v in (plan.get("counts") or {}).items() if isinstance(v, int)}
         return cls(
             namespace=metadata["namespace"],
             name=metadata["name"],
@@ -45,6 +54,10 @@ class Seen:
             reconcile_handled=status.get("lastHandledReconcileAt"),
             drift_checked=status.get("lastDriftCheck"),
             drifted=conditions.get("Drifted"),
+            plan_phase=plan.get("phase"),
+            plan_id=plan.get("id"),
+            plan_objects=sum(counts.get(k, 0) for k in ("create", "update", "unchanged")),
+            plan_updates=counts.get("update", 0),
         )
 
     @property
