@@ -245,6 +245,16 @@ class Kube:
             content_type=MERGE_PATCH,
         )
 
+    async def patch(self, plural: str, namespace: str, name: str, body: Body) -> Body | None:
+        """A JSON merge patch of the object (None when it is gone)."""
+        result: Body | None = await self._maybe(
+            "PATCH",
+            self._custom(plural, namespace, name),
+            body=body,
+            content_type=MERGE_PATCH,
+        )
+        return result
+
     async def set_finalizers(
         self, plural: str, namespace: str, name: str, resource_version: str, wanted: list[str]
     ) -> None:

@@ -318,11 +318,14 @@ async def test_auto_release_records_the_plan_before_acting(world: World) -> None
     await reconcile(world)
 
     assert world.helm.verbs == ["upgrade_install"]
-    assert len(world.helm.dry_runs) == 1
+    # A first install under auto runs no dry run: its objects come from the installed manifest.
+    assert world.helm.dry_runs == []
     plan = plan_of(world)
     assert plan["action"] == "install"
     assert plan["phase"] == "Applied"
     assert plan["counts"]["create"] >= 1
+    assert {o["action"] for o in plan["objects"]} == {"create"}
+    assert "no dry run" in plan["message"]
     assert plan["digest"] == status(world)["lastAppliedDigest"]
     assert "/replicas" in plan["values"]
     # Recorded before helm ran: the status write of "Installing" carries the plan already.
@@ -335,13 +338,13 @@ async def test_auto_release_records_the_plan_before_acting(world: World) -> None
     assert first["plan"]["phase"] == "Approved"
 
     await reconcile(world)  # nothing changed: no plan, no helm
-    assert len(world.helm.dry_runs) == 1
+    assert world.helm.dry_runs == []
     assert world.helm.verbs == ["upgrade_install"]
 
     world.kube.update_spec(RELEASES, NAMESPACE, "web", values={"replicas": 3})
     await reconcile(world)
 
-    assert len(world.helm.dry_runs) == 2
+    assert len(world.helm.dry_runs) == 1
     assert world.helm.dry_runs[-1].values == {"replicas": 3}
     assert world.helm.verbs == ["upgrade_install", "upgrade_install"]
     plan2 = plan_of(world)
@@ -364,8 +367,9 @@ async def test_auto_release_plan_of_a_failed_upgrade_is_failed(world: World) -> 
 
 
 async def test_auto_release_acts_even_when_the_dry_run_fails(world: World) -> None:
+    await installed(world)
     world.helm.fail("dry_run", HelmErrorKind.RENDER_FAILED, "template: boom")
-    world.kube.create(RELEASES, release_body())
+    world.kube.update_spec(RELEASES, NAMESPACE, "web", values={"replicas": 2})
 
     await reconcile(world)
 

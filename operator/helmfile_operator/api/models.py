@@ -963,6 +963,7 @@ class HelmfileStateStatus(Model):
     def _drop_install_order(cls, value: Any) -> Any:
         # Written by earlier versions: the install order, now in `order`.
         return None if isinstance(value, list) else value
+
     releases: list[ReleaseSummary] = Field(
         default_factory=list, description="One summary per HelmfileRelease of the state."
     )

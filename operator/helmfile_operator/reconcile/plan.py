@@ -131,6 +131,41 @@ def build_plan(plan: PlanInput) -> ReleasePlan:
 
 
 _UNCOMPARED = "the live objects were not compared: the plan compares the two manifests"
+# A first install under automatic approval is not dry-run: it creates every object it renders.
+INSTALL_UNPLANNED = (
+    "a first install under automatic approval runs no dry run: it creates every object of its "
+    "manifest, listed here once installed"
+)
+
+
+def install_plan(id_: str, digest: str | None, version: str | None, values: Any) -> ReleasePlan:
+    """The plan recorded before a first install under automatic approval (no helm dry run: a
+    fleet's first convergence would run twice the helm processes); its objects are filled in
+    from the installed manifest (`fill_install_plan`)."""
+    return ReleasePlan(
+        id=id_,
+        action="install",
+        phase="Approved",
+        computed_at=now(),
+        digest=digest,
+        chart_version_to=version,
+        values=leaf_paths(values)[:MAX_VALUE_PATHS],
+        message=INSTALL_UNPLANNED,
+    )
+
+
+def fill_install_plan(plan: ReleasePlan | None, manifest: str, namespace: str) -> None:
+    """The objects a first install created, from its manifest (all `create`)."""
+    if plan is None or plan.action != "install" or plan.message != INSTALL_UNPLANNED:
+        return
+    from helmfile_operator.reconcile.drift import manifest_objects
+
+    objects = manifest_objects(manifest, "the installed manifest")
+    plan.counts = PlanCounts(create=len(objects))
+    plan.objects = [
+        _entry(obj, object_id(obj, namespace), object_id(obj, namespace)[2] or None, "create", [])
+        for obj in objects[:MAX_OBJECTS]
+    ]
 
 
 def leaf_paths(value: Any, prefix: str = "") -> list[str]:

@@ -19,7 +19,7 @@ from helmfile_operator.api.models import (
     RolloutHold,
     describe_validation_error,
 )
-from helmfile_operator.helm import HelmError, HelmErrorKind
+from helmfile_operator.helm import HelmError
 from helmfile_operator.kube import RELEASES, AccessDenied, FinalizerConflict
 from helmfile_operator.logs import object_fields
 from helmfile_operator.reconcile import conditions
@@ -41,12 +41,12 @@ from helmfile_operator.reconcile.context import (
 )
 from helmfile_operator.reconcile.decide import Action, Attempt, Decision, Lock, Observation, decide
 from helmfile_operator.reconcile.failures import record_failure, retry_later, stall
-from helmfile_operator.reconcile.plan import PlanAction, plan_id
+from helmfile_operator.reconcile.plan import PlanAction, install_plan, plan_id
 from helmfile_operator.reconcile.plan import summary as plan_summary
 from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
 from helmfile_operator.reconcile.rollout import HOLD as ROLLOUT_HOLD
 from helmfile_operator.reconcile.rollout import ROLLBACK_TO
-from helmfile_operator.reconcile.values import ValuesSourceError, final_values, repository_access
+from helmfile_operator.reconcile.values import ValuesSourceError, final_values, source_access
 from helmfile_operator.render.values import values_digest
 from helmfile_operator.sources import ChartSourceError, is_exact
 from helmfile_operator.sources.fetch import Access
@@ -250,18 +250,7 @@ def _keep_last_resolution(ctx: ReleaseContext, error: ChartSourceError) -> bool:
 
 async def _source_access(ctx: ReleaseContext) -> Access:
     """Credentials and CA of the chart's repository, read as the tenant when a fetch needs them."""
-    try:
-        credentials, ca_pem = await repository_access(
-            ctx.tenant_kube, ctx.key.namespace, ctx.spec.chart.repository
-        )
-    except ValuesSourceError as error:
-        raise ChartSourceError(HelmErrorKind.REPOSITORY_AUTH_FAILED, str(error)) from None
-    return Access(
-        username=credentials.username if credentials else None,
-        password=credentials.password if credentials else None,
-        ca_pem=ca_pem,
-        insecure_skip_tls_verify=ctx.spec.chart.repository.insecure_skip_tls_verify,
-    )
+    return await source_access(ctx.tenant_kube, ctx.key.namespace, ctx.spec.chart.repository)
 
 
 def _rollout_hold(ctx: ReleaseContext) -> str | None:
@@ -579,6 +568,16 @@ async def _plan_before_acting(ctx: ReleaseContext) -> None:
     automatic change (helm's own run says what is wrong); its message says why."""
     assert ctx.plan_id is not None
     assert ctx.plan_action is not None
+    existing = ctx.status.plan
+    if (
+        ctx.plan_action == "install"
+        and not ctx.approval_manual
+        and (existing is None or existing.id != ctx.plan_id)
+    ):
+        ctx.status.plan = install_plan(
+            ctx.plan_id, ctx.digest, ctx.chart.version if ctx.chart else None, ctx.values
+        )
+        return
     try:
         plan = await ensure_plan(ctx, ctx.plan_action)
     except (HelmError, ValuesSourceError) as error:

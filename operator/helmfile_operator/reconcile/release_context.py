@@ -104,6 +104,7 @@ class ReleaseContext:
     refresh_sources: bool = False  # a reconcile request: ask the repository again now
     plan_id: str | None = None  # the id of the plan of the change wanted now (none: no change)
     plan_action: PlanAction | None = None
+    storage_secrets: list[dict[str, Any]] | None = None  # Helm's storage as read this pass
     values_error: str | None = None  # why the final values could not be resolved
     access_error: str | None = None  # why Helm's storage could not be read as the tenant
     requeue_after: float | None = None
@@ -241,6 +242,7 @@ class ReleaseContext:
         secrets = await self.tenant_kube.helm_storage(
             self.spec.target_namespace, self.spec.release_name
         )
+        self.storage_secrets = secrets  # a plan of this pass decodes its head from them
         return Storage.from_secrets(secrets, self.spec.release_name)
 
     # --- side effects ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ message naming the field, and touches none of the children: what is installed st
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from typing import Any
@@ -41,7 +42,11 @@ from helmfile_operator.reconcile.rollout import HOLD as ROLLOUT_HOLD
 from helmfile_operator.reconcile.rollout import ROLLBACK_TO, advance
 from helmfile_operator.reconcile.rollout import Child as RolloutChild
 from helmfile_operator.reconcile.rollout import start as rollout_start
-from helmfile_operator.reconcile.values import ValuesSourceError, resolve_values_from
+from helmfile_operator.reconcile.values import (
+    ObjectSource,
+    ValuesSourceError,
+    resolve_values_from,
+)
 from helmfile_operator.render.errors import RenderError
 from helmfile_operator.render.state import RenderedState, StateMeta
 from helmfile_operator.rendering import RenderLimitExceeded, render_state_bounded
@@ -105,33 +110,15 @@ async def _render(
     generation = metadata.get("generation")
     try:
         spec = HelmfileStateSpec.model_validate(body.get("spec") or {})
-        environment = spec.environments.get(spec.environment)
-        from_config_maps = (
-            await resolve_values_from(
-                # Read as the state's identity: its RBAC decides what it may feed into charts.
-                reconciler.kube.impersonating(
-                    tenant_identity(
-                        key.namespace,
-                        spec.service_account_name,
-                        reconciler.settings.default_service_account,
-                    )
-                ),
+        # Read as the state's identity: its RBAC decides what it may feed into charts.
+        source = reconciler.kube.impersonating(
+            tenant_identity(
                 key.namespace,
-                environment.values_from,
-                f"spec.environments.{spec.environment}.valuesFrom",
+                spec.service_account_name,
+                reconciler.settings.default_service_account,
             )
-            if environment
-            else []
         )
-        meta = StateMeta(
-            name=key.name,
-            namespace=key.namespace,
-            labels=metadata.get("labels") or {},
-            annotations=metadata.get("annotations") or {},
-        )
-        rendered = await render_state_bounded(
-            meta, spec, from_config_maps, slots=reconciler.render_slots
-        )
+        rendered = await render_body(body, source, reconciler.render_slots)
         await _check_names_are_free(reconciler, key, rendered)
         return rendered
     except ValidationError as error:
@@ -146,6 +133,34 @@ async def _render(
     if stalled is None or stalled.message != status.conditions[-1].message:
         reconciler.event(body, "Warning", reason, message)
     return None
+
+
+async def render_body(
+    body: dict[str, Any], config_maps: ObjectSource, slots: asyncio.Semaphore
+) -> RenderedState:
+    """A HelmfileState object rendered (the operator's pass and the CLI's `render`), its
+    environment's `valuesFrom` ConfigMaps read from `config_maps`. Raises ValidationError,
+    RenderError or ValuesSourceError, whose messages name the field."""
+    metadata = body["metadata"]
+    spec = HelmfileStateSpec.model_validate(body.get("spec") or {})
+    environment = spec.environments.get(spec.environment)
+    from_config_maps = (
+        await resolve_values_from(
+            config_maps,
+            metadata.get("namespace") or "",
+            environment.values_from,
+            f"spec.environments.{spec.environment}.valuesFrom",
+        )
+        if environment
+        else []
+    )
+    meta = StateMeta(
+        name=metadata["name"],
+        namespace=metadata.get("namespace") or "",
+        labels=metadata.get("labels") or {},
+        annotations=metadata.get("annotations") or {},
+    )
+    return await render_state_bounded(meta, spec, from_config_maps, slots=slots)
 
 
 async def _check_names_are_free(
@@ -164,7 +179,7 @@ async def _check_names_are_free(
         )
 
 
-def _child_body(
+def child_body(
     key: ObjectKey, state: dict[str, Any], rendered: RenderedState, index: int
 ) -> dict[str, Any]:
     release = rendered.releases[index]
@@ -217,7 +232,7 @@ async def _apply_children(
     applied = []
     changed = []
     for index, release in enumerate(rendered.releases):
-        desired = _child_body(key, body, rendered, index)
+        desired = child_body(key, body, rendered, index)
         have = current.get(release.resource_name)
         if have is not None and _up_to_date(have, desired):
             applied.append(have)

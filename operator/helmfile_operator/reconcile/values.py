@@ -9,23 +9,34 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes.client.exceptions import ApiException
 
 from helmfile_operator import goyaml
 from helmfile_operator.api.models import ChartRepository, HelmfileReleaseSpec, ValuesReference
-from helmfile_operator.helm import RepositoryCredentials
+from helmfile_operator.helm import HelmErrorKind, RepositoryCredentials
 from helmfile_operator.kube import AccessDenied, Kube
 from helmfile_operator.render.values import apply_set, deep_merge
+from helmfile_operator.sources import ChartSourceError
+from helmfile_operator.sources.fetch import Access
 
 
 class ValuesSourceError(Exception):
     """A `valuesFrom` entry cannot be read; the message names the field and the fix."""
 
 
+class ObjectSource(Protocol):
+    """Where `valuesFrom` objects are read: the API (`Kube`, as the tenant), or files (the CLI's
+    offline render)."""
+
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
 async def read_reference(
-    kube: Kube, namespace: str, reference: ValuesReference, field: str
+    kube: ObjectSource, namespace: str, reference: ValuesReference, field: str
 ) -> dict[str, Any] | None:
     """The values under `reference.key`, read as `helm -f` reads a file (goyaml.load_values), or
     None when the entry is optional and missing."""
@@ -70,7 +81,7 @@ async def read_reference(
 
 
 async def resolve_values_from(
-    kube: Kube, namespace: str, references: Sequence[ValuesReference], field: str
+    kube: ObjectSource, namespace: str, references: Sequence[ValuesReference], field: str
 ) -> list[dict[str, Any]]:
     layers = []
     for index, reference in enumerate(references):
@@ -146,3 +157,18 @@ async def _secret_data(
     if missing:
         raise ValuesSourceError(f"{where} lacks key(s) {', '.join(missing)}")
     return {key: base64.b64decode(data[key]).decode() for key in keys}
+
+
+async def source_access(kube: Kube, namespace: str, repository: ChartRepository) -> Access:
+    """The repository's credentials and CA for a version lookup (sources/), read through `kube`;
+    an unreadable Secret is the lookup's failure."""
+    try:
+        credentials, ca_pem = await repository_access(kube, namespace, repository)
+    except ValuesSourceError as error:
+        raise ChartSourceError(HelmErrorKind.REPOSITORY_AUTH_FAILED, str(error)) from None
+    return Access(
+        username=credentials.username if credentials else None,
+        password=credentials.password if credentials else None,
+        ca_pem=ca_pem,
+        insecure_skip_tls_verify=repository.insecure_skip_tls_verify,
+    )

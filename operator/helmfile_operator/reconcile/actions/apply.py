@@ -21,6 +21,7 @@ from helmfile_operator.reconcile.actions.chart_tests import run_chart_tests
 from helmfile_operator.reconcile.actions.crds import prepare_crds
 from helmfile_operator.reconcile.actions.remediate import remediate
 from helmfile_operator.reconcile.failures import record_failure
+from helmfile_operator.reconcile.plan import fill_install_plan
 from helmfile_operator.reconcile.release_context import ReleaseContext, Storage
 from helmfile_operator.reconcile.values import ValuesSourceError, repository_access
 
@@ -178,6 +179,8 @@ async def _record_inventory(ctx: ReleaseContext) -> None:
     try:
         stored = await ctx.read_stored_release()
         ctx.status.inventory = inventory(stored.manifest) if stored is not None else []
+        if stored is not None:
+            fill_install_plan(ctx.status.plan, stored.manifest, ctx.spec.target_namespace)
     except Exception as error:
         logger.warning("%s: inventory not recorded: %s", ctx.key, error)
         ctx.event("Warning", "InventoryUnavailable", f"inventory not recorded: {error}")

@@ -10,12 +10,26 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from helmfile_operator.api.models import API_VERSION, ReleasePlan
+from helmfile_operator.api.models import (
+    API_VERSION,
+    ChartReference,
+    HelmfileReleaseSpec,
+    HelmOptions,
+    ReleasePlan,
+)
+from helmfile_operator.helm import HelmClient
 from helmfile_operator.helm.storage import StorageDecodeError, latest_release_json
-from helmfile_operator.kube import AccessDenied
-from helmfile_operator.reconcile.drift import Comparison, DriftCheckError, manifest_objects
+from helmfile_operator.kube import AccessDenied, Kube
+from helmfile_operator.reconcile.drift import (
+    Comparison,
+    DriftChecker,
+    DriftCheckError,
+    manifest_objects,
+)
 from helmfile_operator.reconcile.plan import PlanAction, PlanInput, build_plan, text_diff
 from helmfile_operator.reconcile.release_context import ReleaseContext
 from helmfile_operator.reconcile.values import repository_access
@@ -31,6 +45,25 @@ def diff_secret_name(release_object: str) -> str:
     return f"{release_object}-plan"
 
 
+@dataclass(frozen=True)
+class PlanRequest:
+    """What computing a plan needs to know of one release (the operator's pass, or the CLI's
+    offline render of a state)."""
+
+    id: str
+    action: PlanAction
+    spec: HelmfileReleaseSpec
+    chart: ChartReference | None  # spec.chart with its range resolved (None: an uninstall)
+    values: dict[str, Any] | None  # final values (may hold Secret data: memory only)
+    digest: str | None
+    options: HelmOptions
+    tenant: str  # the object's namespace: repository Secrets, helm's home and slots
+    impersonate: str | None
+    deployed_revision: int | None  # the head revision in Helm's storage (None: not installed)
+    secret_strings: Sequence[str] = ()
+    storage_secrets: Sequence[dict[str, Any]] | None = None  # Helm's storage, if read already
+
+
 async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
     """The plan of `ctx.plan_id` on the status (computed now unless it is there). Raises
     HelmError when helm's dry run fails, ValuesSourceError when the repository's credentials
@@ -39,96 +72,134 @@ async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
     status = ctx.status
     if status.plan is not None and status.plan.id == ctx.plan_id:
         return status.plan
-    deployed = await _deployed_release(ctx) if ctx.storage is not None else None
+    request = PlanRequest(
+        id=ctx.plan_id,
+        action=action,
+        spec=ctx.spec,
+        chart=ctx.chart,
+        values=ctx.values,
+        digest=ctx.digest,
+        options=ctx.options,
+        tenant=ctx.key.namespace,
+        impersonate=ctx.impersonate,
+        deployed_revision=ctx.storage.revision if ctx.storage is not None else None,
+        secret_strings=ctx.secret_strings,
+        storage_secrets=ctx.storage_secrets,
+    )
+    reconciler = ctx.reconciler
+    plan, diff = await compute_plan(
+        request, kube=ctx.tenant_kube, helm=reconciler.helm, drift=reconciler.drift
+    )
+    stored, note = await _store_diff(ctx, plan.id, diff)
+    plan.diff_secret = stored
+    plan.message = "; ".join(n for n in [plan.message, note] if n)
+    status.plan = plan
+    return plan
+
+
+async def compute_plan(
+    request: PlanRequest, *, kube: Kube, helm: HelmClient, drift: DriftChecker | None
+) -> tuple[ReleasePlan, str]:
+    """The plan and its text diff (masked). `kube` reads Helm's storage and the repository's
+    Secrets, `drift` compares with the live objects: both as the identity the change runs as."""
+    action, spec = request.action, request.spec
+    deployed = (
+        await _deployed_release(kube, spec, request.storage_secrets)
+        if request.deployed_revision is not None
+        else None
+    )
     deployed_objects = _objects(deployed.get("manifest") if deployed else "", "deployed")
     planned_manifest = ""
     comparisons: list[Comparison] | None = None
     notes: list[str] = []
     if action != "uninstall":
-        planned_manifest = await _dry_run(ctx)
-        comparisons, note = await _compare(ctx, planned_manifest)
+        planned_manifest = await _dry_run(request, kube, helm)
+        comparisons, note = await _compare(request, drift, planned_manifest)
         notes += [note] if note else []
     planned_objects = _objects(planned_manifest, "planned")
     chart_meta = ((deployed or {}).get("chart") or {}).get("metadata") or {}
     plan = build_plan(
         PlanInput(
-            id=ctx.plan_id,
+            id=request.id,
             action=action,
-            digest=ctx.digest if action != "uninstall" else None,
-            namespace=ctx.spec.target_namespace,
+            digest=request.digest if action != "uninstall" else None,
+            namespace=spec.target_namespace,
             deployed=deployed_objects,
             planned=planned_objects,
             comparisons=comparisons if action != "uninstall" else [],
             version_from=str(chart_meta["version"]) if chart_meta.get("version") else None,
-            version_to=ctx.chart.version
-            if ctx.chart is not None and action != "uninstall"
-            else None,
+            version_to=None
+            if action == "uninstall" or request.chart is None
+            else request.chart.version,
             # helm leaves `config` out when no value was set.
             values_before=_mapping_or_none(deployed.get("config") or {}) if deployed else None,
-            values_after=ctx.values if action != "uninstall" else None,
+            values_after=request.values if action != "uninstall" else None,
         )
     )
     diff = text_diff(
         deployed_objects,
         planned_objects,
-        ctx.spec.target_namespace,
-        ctx.secret_strings,
-        revision=ctx.storage.revision if ctx.storage is not None else None,
+        spec.target_namespace,
+        request.secret_strings,
+        revision=request.deployed_revision,
     )
-    stored, note = await _store_diff(ctx, plan.id, diff)
-    plan.diff_secret = stored
-    notes += [note] if note else []
     plan.message = "; ".join(n for n in [plan.message, *notes] if n)
-    status.plan = plan
-    return plan
+    return plan, diff
 
 
-async def _deployed_release(ctx: ReleaseContext) -> dict[str, Any] | None:
+async def _deployed_release(
+    kube: Kube, spec: HelmfileReleaseSpec, secrets: Sequence[dict[str, Any]] | None
+) -> dict[str, Any] | None:
     """The head revision's release object (values included: memory only)."""
     try:
-        secrets = await ctx.tenant_kube.helm_storage(
-            ctx.spec.target_namespace, ctx.spec.release_name
-        )
-        return latest_release_json(secrets, release_name=ctx.spec.release_name)
+        if secrets is None:
+            secrets = await kube.helm_storage(spec.target_namespace, spec.release_name)
+        return latest_release_json(secrets, release_name=spec.release_name)
     except StorageDecodeError as error:
-        logger.warning("%s: deployed revision not readable for the plan: %s", ctx.key, error)
+        logger.warning(
+            "%s/%s: deployed revision not readable for the plan: %s",
+            spec.target_namespace,
+            spec.release_name,
+            error,
+        )
         return None
 
 
-async def _dry_run(ctx: ReleaseContext) -> str:
+async def _dry_run(request: PlanRequest, kube: Kube, helm: HelmClient) -> str:
     """The manifest helm would apply now (hooks are not part of it)."""
-    assert ctx.values is not None
-    assert ctx.chart is not None
-    credentials, ca_pem = await repository_access(
-        ctx.tenant_kube, ctx.key.namespace, ctx.spec.chart.repository
-    )
-    result = await ctx.reconciler.helm.upgrade_install(
-        release=ctx.spec.release_name,
-        namespace=ctx.spec.target_namespace,
-        chart=ctx.chart,
-        values=ctx.values,
-        options=ctx.options,
-        impersonate=ctx.impersonate,
+    assert request.values is not None
+    assert request.chart is not None
+    spec = request.spec
+    credentials, ca_pem = await repository_access(kube, request.tenant, spec.chart.repository)
+    result = await helm.upgrade_install(
+        release=spec.release_name,
+        namespace=spec.target_namespace,
+        chart=request.chart,
+        values=request.values,
+        options=request.options,
+        impersonate=request.impersonate,
         credentials=credentials,
         ca_pem=ca_pem,
-        redact=ctx.secret_strings,
-        tenant=ctx.key.namespace,
+        redact=request.secret_strings,
+        tenant=request.tenant,
         dry_run=True,
     )
     return result.manifest
 
 
-async def _compare(ctx: ReleaseContext, manifest: str) -> tuple[list[Comparison] | None, str]:
-    checker = ctx.reconciler.drift
+async def _compare(
+    request: PlanRequest, checker: DriftChecker | None, manifest: str
+) -> tuple[list[Comparison] | None, str]:
     if checker is None:
         return None, ""
+    spec = request.spec
     try:
         found = await checker.compare(
-            manifest, ctx.spec.release_name, ctx.spec.target_namespace, ctx.impersonate
+            manifest, spec.release_name, spec.target_namespace, request.impersonate
         )
-        return found, ""
     except DriftCheckError as error:
         return None, f"live objects not compared ({error})"
+    return found, ""
 
 
 async def _store_diff(ctx: ReleaseContext, plan_id: str, diff: str) -> tuple[str | None, str]:
