@@ -15,8 +15,9 @@ deps: ## install uv (cached) and sync the locked Python environment into .venv
 	@hack/bootstrap >/dev/null
 
 .PHONY: testbin
-testbin: ## build the control-plane, kwok, helm and OCI registry binaries from Go modules (cached)
+testbin: ## build the control-plane, kwok, helm, OCI registry and helmfile binaries from Go modules (cached)
 	@hack/testbin >/dev/null
+	@bench/testbin >/dev/null
 
 .PHONY: generate
 generate: deps ## regenerate crds/ (and the chart's copy), schemas/ and docs/api.md from the models

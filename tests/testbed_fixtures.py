@@ -457,3 +457,17 @@ def state_ready_at_generation(cluster: Cluster, namespace: str, name: str) -> bo
         and ready["status"] == "True"
         and body["status"].get("observedGeneration") == body["metadata"]["generation"]
     )
+
+
+@pytest.fixture(scope="session")
+def helmfile_binary() -> Path:
+    """helmfile itself, built from its Go module by bench/testbin (`make testbin`), to compare
+    what it would install with what `convert` makes of the same file."""
+    result = subprocess.run(
+        [str(REPO_ROOT / "bench" / "testbin"), "--path"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    path = Path(result.stdout.splitlines()[0]) if result.stdout else None
+    if result.returncode != 0 or path is None or not path.is_file():
+        raise AssertionError("helmfile is not built: run `make testbin` (bench/testbin)")
+    return path

@@ -183,3 +183,36 @@ def test_version_and_help() -> None:
     assert main(["--version"]) == 0
     assert main(["--help"]) == 0
     assert main(["status", "--help"]) == 0
+
+
+def test_a_release_line_says_what_is_not_ready_and_why() -> None:
+    from helmfile_operator.cli.cluster_commands import _release_line
+
+    child = {
+        "metadata": {"name": "shop-web", "generation": 2},
+        "spec": {"chart": {"name": "demo-app", "version": "0.1.0"}},
+        "status": {
+            "observedGeneration": 2,
+            "revision": 3,
+            "chartName": "demo-app",
+            "chartVersion": "0.1.0",
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "AwaitingApproval",
+                    "message": "plan 5d1c: upgrade: 1 to update",
+                },
+                {"type": "Drifted", "status": "True", "reason": "DriftDetected"},
+            ],
+            "plan": {"id": "5d1c", "action": "upgrade", "phase": "AwaitingApproval"},
+        },
+    }
+    text = _release_line(child).plain
+    first, message = text.splitlines()
+    assert first.startswith("shop-web  ⏸ AwaitingApproval  rev 3  demo-app 0.1.0")
+    assert "drifted" in first and "plan 5d1c: upgrade" in first
+    assert message == "plan 5d1c: upgrade: 1 to update"
+
+    child["metadata"]["generation"] = 3  # a spec the operator has not seen yet
+    assert "observing" in _release_line(child).plain
