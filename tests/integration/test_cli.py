@@ -180,3 +180,19 @@ def test_plan_diff_and_approve(
         lambda: helm_releases(cluster, namespace)["web"]["revision"] == "2",
         message="the approved upgrade",
     )
+
+
+def test_kubectl_finds_it_as_a_plugin(cluster: Cluster, operator: OperatorProcess) -> None:
+    """`kubectl hfo …` runs `kubectl-hfo` from the PATH (installed with the package)."""
+    env = {**cluster.env, "PATH": f"{Path(CLI).parent}:{cluster.env['PATH']}"}
+    kubectl = str(cluster.bin_dir / "kubectl")
+    result = subprocess.run(
+        [kubectl, "hfo", "status", "-A", "-o", "json"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr  # 1: some state elsewhere is not Ready
+    assert isinstance(json.loads(result.stdout), list)
+    usage = subprocess.run(
+        [kubectl, "hfo", "--help"], env=env, capture_output=True, text=True, check=False
+    )
+    assert "Usage: kubectl hfo" in usage.stdout

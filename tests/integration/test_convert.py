@@ -26,16 +26,17 @@ from testbed_fixtures import (
 CLI = str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator")
 
 HELMFILE = """\
+environments:
+  default:
+    values:
+      - replicas: 2
+---
 repositories:
   - name: test
     url: {repo}
 helmDefaults:
   wait: false
   timeout: 120
-environments:
-  default:
-    values:
-      - replicas: 2
 releases:
   - name: db
     namespace: {namespace}
@@ -111,7 +112,7 @@ def test_a_converted_helmfile_installs_what_helmfile_sync_installs(
     synced_file.parent.mkdir()
     synced_file.write_text(HELMFILE.format(repo=chart_repo.url, namespace=second_namespace))
     sync = subprocess.run(
-        [str(helmfile_binary), "--file", str(synced_file), "sync", "--skip-deps"],
+        [str(helmfile_binary), "--file", str(synced_file), "sync"],
         env=cluster.env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert sync.returncode == 0, sync.stdout + sync.stderr
