@@ -88,16 +88,30 @@ class Kube:
         )
 
     @classmethod
-    def from_environment(cls) -> Kube:
-        """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    def from_environment(cls, *, kubeconfig_first: bool = False) -> Kube:
+        """In-cluster credentials when running in a pod, else KUBECONFIG / ~/.kube/config.
+        `kubeconfig_first` (a user's command, as kubectl chooses): a kubeconfig wins over the
+        pod's ServiceAccount."""
+        first, then = (cls._load_in_cluster, cls._load_kubeconfig)
+        if kubeconfig_first:
+            first, then = then, first
         try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-            configuration = Configuration.get_default_copy()
+            configuration = first()
         except config.ConfigException:
-            configuration = Configuration()
-            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            configuration = then()
         configuration.connection_pool_maxsize = 64
         return cls(ApiClient(configuration))
+
+    @staticmethod
+    def _load_in_cluster() -> Configuration:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return Configuration.get_default_copy()
+
+    @staticmethod
+    def _load_kubeconfig() -> Configuration:
+        configuration = Configuration()
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return configuration
 
     # --- requests ---------------------------------------------------------------------------
 

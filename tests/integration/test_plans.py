@@ -301,6 +301,43 @@ def test_secret_values_stay_out_of_plans_and_the_stored_diff_masks_them(
     secret = cluster.kubectl_json("get", "secret", plan["diffSecret"], "-n", namespace)
     assert secret["metadata"]["ownerReferences"][0]["name"] == "stack-app"
 
+    # Approved and deployed, then the Secret is rotated: the next plan's diff shows neither the
+    # new value nor the old one (which the deployed manifest holds).
+    cluster.run(
+        "kubectl", "annotate", "--overwrite", "hfs", "stack", "-n", namespace,
+        f"{APPROVE}={_state_plan(cluster, namespace, 1)['id']}",
+    )  # fmt: skip
+    wait_until(
+        lambda: helm_releases(cluster, namespace)["app"]["revision"] == "2",
+        message="the approved upgrade",
+    )
+    rotated = "plan-rotated-message-2024"
+    manifest = cluster.run(
+        "kubectl", "create", "secret", "generic", "app-values", "-n", namespace,
+        f"--from-literal=values.yaml=message: {rotated}\ntoken: {secret_token}\n",
+        "--dry-run=client", "-o", "json",
+    ).stdout  # fmt: skip
+    cluster.run("kubectl", "apply", "-f", "-", input=manifest)
+    cluster.run(
+        "kubectl", "annotate", "--overwrite", "hfr", "stack-app", "-n", namespace,
+        "helmfile.dev/reconcile-requested-at=rotated",
+    )  # fmt: skip
+    rotated_plan = wait_until(
+        lambda: (
+            (p := _hfr(cluster, namespace, "stack-app")["status"].get("plan") or {}).get("phase")
+            == "AwaitingApproval"
+            and p
+        ),
+        message="the plan of the rotated Secret",
+    )
+    assert ("ConfigMap", ("/data/message",)) in {
+        (o["kind"], tuple(o["paths"])) for o in rotated_plan["objects"]
+    }
+    diff = _diff_text(cluster, namespace, rotated_plan["diffSecret"])
+    for value in (secret_message, rotated):
+        assert value not in diff, f"{value!r} is in the diff:\n{diff}"
+        assert base64.b64encode(value.encode()).decode() not in diff
+
 
 def test_atomic_rollout_rolls_back_the_releases_it_upgraded_when_one_fails(
     cluster: Cluster, chart_repo: ChartRepo, operator: OperatorProcess, namespace: str

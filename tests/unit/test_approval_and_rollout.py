@@ -4,6 +4,7 @@ the in-memory fakes (tests/unit/fakes.py), and the pure reconcile/rollout.py as 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -1042,3 +1043,59 @@ def test_a_state_status_written_by_an_earlier_version_still_parses() -> None:
     """`status.plan` used to hold the install order (now `status.order`)."""
     old = HelmfileStateStatus.model_validate({"plan": [["ns/db"], ["ns/api"]], "order": []})
     assert old.plan is None
+
+
+async def test_a_rollout_survives_a_failed_status_write_of_the_state(world: World) -> None:
+    """The state applies gen-2 children, then its status write fails (API hiccup/restart).
+    The retried pass finds the children up to date: the rollout was recorded before them."""
+    world.kube.create(STATES, state_body(rollout={"atomic": True}))
+    await reconcile_the_state(world)
+    await reconcile(world, f"{STATE}-db")
+    mark_ready_in_index(world, "db")
+    await reconcile(world, f"{STATE}-api")
+    await reconcile_the_state(world)
+    assert the_state(world)["status"]["rollout"]["phase"] == "Succeeded"
+
+    world.kube.update_spec(
+        STATES,
+        NAMESPACE,
+        STATE,
+        releases=[{**DB, "values": [{"replicas": 3}]}, {**API, "values": [{"replicas": 4}]}],
+    )
+    real = world.kube.patch_status
+    calls = {"n": 0}
+
+    async def flaky(plural: str, *a: Any, **k: Any) -> Any:
+        if plural == STATES and calls["n"] == 0:
+            calls["n"] += 1
+            raise RuntimeError("500 from the API server")
+        return await real(plural, *a, **k)
+
+    world.kube.patch_status = flaky
+    with contextlib.suppress(RuntimeError):
+        await reconcile_the_state(world)
+    await reconcile_the_state(world)  # the retry
+    rollout = the_state(world)["status"]["rollout"]
+    assert rollout["id"] == f"{STATE}-2", "generation 2 never became a rollout"
+
+
+async def test_a_failed_plan_withdraws_the_earlier_plan_from_approval(world: World) -> None:
+    world.kube.create(STATES, state_body(approval=MANUAL))
+    await reconcile_the_state(world)
+    for r in ("db", "api"):
+        await reconcile(world, f"{STATE}-{r}")
+    old = plan_of(world, f"{STATE}-api")["id"]
+    # gen 2 of api; its dry run now fails
+    world.kube.update_spec(
+        STATES, NAMESPACE, STATE, releases=[DB, {**API, "values": [{"replicas": 9}]}]
+    )
+    await reconcile_the_state(world)
+    world.helm.fail("dry_run", HelmErrorKind.UNKNOWN, "template: boom")
+    await reconcile(world, f"{STATE}-api")
+    assert "plan" not in status(world, f"{STATE}-api")  # the earlier spec's plan is gone
+    assert ready(world, f"{STATE}-api")["reason"] == "PlanFailed"
+    await reconcile_the_state(world)
+    sp = the_state(world)["status"].get("plan")
+    assert not any(r["id"] == old for r in (sp or {}).get("releases", [])), (
+        "the state offers the earlier plan of api for approval"
+    )

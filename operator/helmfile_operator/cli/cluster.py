@@ -57,9 +57,10 @@ def run(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 def connect() -> Kube:
-    """The API with the user's own credentials: KUBECONFIG (or in-cluster)."""
+    """The API with the user's own credentials: KUBECONFIG or ~/.kube/config, as kubectl
+    chooses (in a pod, its ServiceAccount only when there is no kubeconfig)."""
     try:
-        return Kube.from_environment()
+        return Kube.from_environment(kubeconfig_first=True)
     except Exception as error:  # the client's config errors carry no common base class
         raise click.ClickException(f"cannot reach a cluster: {error}") from None
 

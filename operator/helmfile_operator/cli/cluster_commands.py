@@ -218,8 +218,11 @@ def _wait(
             if shown.get(name) != line:
                 shown[name] = line
                 console.print(_release_line(obj))
-        handled = (body.get("status") or {}).get("lastHandledReconcileAt") == requested
-        if handled and is_current(body):
+        handled = all(
+            (obj.get("status") or {}).get("lastHandledReconcileAt") == requested and is_current(obj)
+            for obj in [body, *children]  # a state's summary may predate its releases' passes
+        )
+        if handled:
             ready = condition(body, "Ready") or {}
             stalled = condition(body, "Stalled") or {}
             if ready.get("status") == "True":

@@ -110,11 +110,13 @@ async def _plan_release(
     action: PlanAction
     values: dict[str, Any] | None = None
     secrets: list[str] = []
+    secret_paths: list[tuple[Any, ...]] = []
     chart: ChartReference | None = None
     digest = None
     if spec.installed:
         resolved = await final_values(kube, namespace, spec)
         values, secrets = resolved.values, resolved.secret_strings
+        secret_paths = resolved.secret_paths
         chart = await _resolve(kube, namespace, spec.chart)
         digest = values_digest(chart, values)
         in_sync = (
@@ -142,6 +144,7 @@ async def _plan_release(
         impersonate=None,  # the user's own credentials decide what the plan may read
         deployed_revision=storage.revision if storage is not None else None,
         secret_strings=secrets,
+        secret_paths=secret_paths,
     )
     plan, diff = await compute_plan(request, kube=kube, helm=helm, drift=drift)
     wire = plan.to_wire()

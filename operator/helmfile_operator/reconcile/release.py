@@ -190,6 +190,7 @@ async def _resolve_values(ctx: ReleaseContext) -> None:
     try:
         resolved = await final_values(ctx.tenant_kube, ctx.key.namespace, ctx.spec)
         ctx.values, ctx.secret_strings = resolved.values, resolved.secret_strings
+        ctx.secret_paths = resolved.secret_paths
         ctx.digest = values_digest(ctx.spec.chart, ctx.values)
     except (ValuesSourceError, ValueError) as error:  # ValueError: the values loader's bounds
         ctx.values, ctx.digest = None, None
@@ -287,6 +288,10 @@ def _plan_wanted_change(ctx: ReleaseContext) -> None:
     if ctx.spec.installed:
         action: PlanAction = "upgrade" if storage is not None else "install"
         desired = ctx.digest
+        if ctx.approval_manual and storage is not None and desired is not None:
+            # A plan starts from what is deployed: after a change by hand (helm rollback), or a
+            # failed attempt that left another revision, an approval of the old plan is stale.
+            desired = f"{desired}@{storage.revision}"
     else:
         action, desired = "uninstall", f"revision {storage.revision}" if storage else None
     ctx.plan_id = plan_id(action, desired, ctx.generation) if desired else None
@@ -514,12 +519,15 @@ async def _await_approval(ctx: ReleaseContext, decision: Decision) -> None:
     assert ctx.plan_action is not None
     try:
         plan = await ensure_plan(ctx, ctx.plan_action)
-    except HelmError as error:
-        record_failure(ctx, "PlanFailed", error)
-        return
-    except ValuesSourceError as error:
-        ctx.not_ready("RepositoryAccessUnavailable", str(error))
-        ctx.requeue(ctx.reconciler.settings.retry_max_seconds / 5)
+    except (HelmError, ValuesSourceError) as error:
+        stale = ctx.status.plan
+        if stale is not None and stale.id != ctx.plan_id:
+            ctx.status.plan = None  # the plan of an earlier spec must not be approved now
+        if isinstance(error, HelmError):
+            record_failure(ctx, "PlanFailed", error)
+        else:
+            ctx.not_ready("RepositoryAccessUnavailable", str(error))
+            ctx.requeue(ctx.reconciler.settings.retry_max_seconds / 5)
         return
     _note_refused_approval(ctx, plan)
     status = ctx.status

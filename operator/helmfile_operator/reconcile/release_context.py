@@ -98,6 +98,7 @@ class ReleaseContext:
     storage: Storage | None = None
     values: dict[str, Any] | None = None  # final values (may hold Secret data: memory only)
     secret_strings: list[str] = field(default_factory=list)  # scrubbed from helm's errors
+    secret_paths: list[tuple[Any, ...]] = field(default_factory=list)  # set by Secret layers
     digest: str | None = None
     chart: ChartReference | None = None  # spec.chart with its range resolved to one version
     chart_error: ChartSourceError | None = None  # why the range could not be resolved

@@ -85,13 +85,18 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     rendered = await _render(reconciler, key, body, status)
     removals: list[dict[str, Any]] = []
     if rendered is not None:
-        previous_children = children
-        children, removals, changed = await _apply_children(
-            reconciler, key, body, rendered, children
-        )
+        if _start_rollout(key, body, status, rendered, children):
+            # Recorded before any child changes: a pass that fails after writing the children
+            # must not lose the rollout (the retry finds them up to date).
+            after = status.to_wire()
+            await kube.patch_status(
+                STATES, key.namespace, key.name, merge_patch_between(before, after)
+            )
+            before = after
+        children, removals = await _apply_children(reconciler, key, body, rendered, children)
         status.environment = rendered.environment
         status.order = rendered.order
-        await _roll_out(reconciler, key, body, status, previous_children, children, changed)
+        await _roll_out(reconciler, key, body, status, children)
     requested = (metadata.get("annotations") or {}).get(RECONCILE_REQUEST)
     if requested:
         status.last_handled_reconcile_at = requested
@@ -223,35 +228,29 @@ async def _apply_children(
     body: dict[str, Any],
     rendered: RenderedState,
     existing: list[dict[str, Any]],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Create/update the desired children; delete those no longer in the state (uninstalls) —
     under manual approval they are returned instead, and deleted once the plan is approved.
-    Returns the children, those removals, and the names of the children written."""
+    Returns the children and those removals."""
     kube = reconciler.kube
     current = {child["metadata"]["name"]: child for child in existing}
     applied = []
-    changed = []
     for index, release in enumerate(rendered.releases):
         desired = child_body(key, body, rendered, index)
         have = current.get(release.resource_name)
         if have is not None and _up_to_date(have, desired):
             applied.append(have)
             continue
-        written = await kube.apply(RELEASES, key.namespace, desired)
-        applied.append(written)
-        if have is None or written["metadata"].get("generation") != have["metadata"].get(
-            "generation"
-        ):
-            changed.append(release.resource_name)
+        applied.append(await kube.apply(RELEASES, key.namespace, desired))
     wanted = {release.resource_name for release in rendered.releases}
     removals = []
     for name, child in current.items():
         if name not in wanted and not child["metadata"].get("deletionTimestamp"):
-            if _approval_manual(body):
-                removals.append(child)
+            if _approval_manual(body) or _approval_manual(child):
+                removals.append(child)  # its own approval mode counts too
                 continue
             await _remove_child(reconciler, key, body, name)
-    return applied, removals, changed
+    return applied, removals
 
 
 async def _remove_child(
@@ -262,6 +261,7 @@ async def _remove_child(
 
 
 def _approval_manual(body: dict[str, Any]) -> bool:
+    """`spec.approval.mode: manual` on a state or a release."""
     approval = (body.get("spec") or {}).get("approval") or {}
     return bool(approval.get("mode") == ApprovalMode.MANUAL)
 
@@ -269,30 +269,51 @@ def _approval_manual(body: dict[str, Any]) -> bool:
 # --- atomic rollouts (reconcile/rollout.py) -----------------------------------------------------
 
 
+def _start_rollout(
+    key: ObjectKey,
+    body: dict[str, Any],
+    status: HelmfileStateStatus,
+    rendered: RenderedState,
+    children: list[dict[str, Any]],
+) -> bool:
+    """A new generation of an atomic state that changes children starts a rollout of them
+    (and of the last rollout's held releases), with their revisions from before it."""
+    generation = int(body["metadata"].get("generation") or 0)
+    rollout = status.rollout
+    if not _atomic(body) or (rollout is not None and rollout.generation == generation):
+        return False
+    current = {child["metadata"]["name"]: child for child in children}
+    changed = [
+        release.resource_name
+        for index, release in enumerate(rendered.releases)
+        if release.resource_name not in current
+        or not _up_to_date(current[release.resource_name], child_body(key, body, rendered, index))
+    ]
+    if not changed:
+        return False
+    if rollout is not None and rollout.phase in BACKING_OUT:
+        # Released from their hold, the last rollout's releases change again too.
+        changed += [r.name for r in rollout.releases if r.name in current and r.name not in changed]
+    revisions = {
+        name: (child.get("status") or {}).get("revision") for name, child in current.items()
+    }
+    status.rollout = rollout_start(key.name, generation, changed, revisions)
+    return True
+
+
+def _atomic(body: dict[str, Any]) -> bool:
+    return bool(((body.get("spec") or {}).get("rollout") or {}).get("atomic"))
+
+
 async def _roll_out(
     reconciler: Reconciler,
     key: ObjectKey,
     body: dict[str, Any],
     status: HelmfileStateStatus,
-    before: list[dict[str, Any]],
     children: list[dict[str, Any]],
-    changed: list[str],
 ) -> None:
-    """Start a rollout when a generation changed children, advance it, and mark the children
-    with what it says (holds, rollbacks)."""
-    generation = int(body["metadata"].get("generation") or 0)
-    atomic = bool(((body.get("spec") or {}).get("rollout") or {}).get("atomic"))
-    rollout = status.rollout if atomic else None
-    if atomic and changed and (rollout is None or rollout.generation != generation):
-        revisions = {
-            child["metadata"]["name"]: (child.get("status") or {}).get("revision")
-            for child in before
-        }
-        if rollout is not None and rollout.phase in BACKING_OUT:
-            # Released from their hold, the last rollout's releases change again too.
-            held = [r.name for r in rollout.releases if r.name in revisions]
-            changed = [*changed, *(name for name in held if name not in changed)]
-        rollout = rollout_start(key.name, generation, changed, revisions)
+    """Advance the rollout and mark the children with what it says (holds, rollbacks)."""
+    rollout = status.rollout if _atomic(body) else None
     step = (
         advance(rollout, {c.name: c for c in map(_rollout_child, children)}, status.order)
         if rollout is not None

@@ -96,6 +96,28 @@ class ResolvedValues:
     values: dict[str, Any]
     # Strings read from Secrets: helm's error messages are scrubbed of them.
     secret_strings: list[str] = field(default_factory=list)
+    # Where Secret layers put values: a plan also scrubs what the deployed revision held there
+    # (a rotated secret's old value is in the deployed manifest).
+    secret_paths: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+def leaf_keys(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """The key paths of every leaf of a values map."""
+    if isinstance(node, dict) and node:
+        return [p for key, value in node.items() for p in leaf_keys(value, (*prefix, key))]
+    return [prefix] if prefix else []
+
+
+def strings_at(values: Any, paths: Sequence[tuple[Any, ...]]) -> list[str]:
+    """Every string (of 4 characters or more) found at or below `paths` in `values`."""
+    found: list[str] = []
+    for path in paths:
+        node = values
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            found += _strings(node)
+    return found
 
 
 def _strings(node: Any) -> list[str]:
@@ -116,6 +138,7 @@ async def final_values(kube: Kube, namespace: str, spec: HelmfileReleaseSpec) ->
         resolved.values = deep_merge(resolved.values, layer)
         if reference.kind == "Secret":
             resolved.secret_strings += _strings(layer)
+            resolved.secret_paths += leaf_keys(layer)
     resolved.values = apply_set(resolved.values, spec.set)
     return resolved
 

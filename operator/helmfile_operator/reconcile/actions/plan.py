@@ -32,7 +32,7 @@ from helmfile_operator.reconcile.drift import (
 )
 from helmfile_operator.reconcile.plan import PlanAction, PlanInput, build_plan, text_diff
 from helmfile_operator.reconcile.release_context import ReleaseContext
-from helmfile_operator.reconcile.values import repository_access
+from helmfile_operator.reconcile.values import repository_access, strings_at
 
 logger = logging.getLogger("helmfile_operator.release")
 
@@ -62,6 +62,7 @@ class PlanRequest:
     deployed_revision: int | None  # the head revision in Helm's storage (None: not installed)
     secret_strings: Sequence[str] = ()
     storage_secrets: Sequence[dict[str, Any]] | None = None  # Helm's storage, if read already
+    secret_paths: Sequence[tuple[Any, ...]] = ()  # where Secret layers set values
 
 
 async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
@@ -85,6 +86,7 @@ async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
         deployed_revision=ctx.storage.revision if ctx.storage is not None else None,
         secret_strings=ctx.secret_strings,
         storage_secrets=ctx.storage_secrets,
+        secret_paths=ctx.secret_paths,
     )
     reconciler = ctx.reconciler
     plan, diff = await compute_plan(
@@ -136,11 +138,14 @@ async def compute_plan(
             values_after=request.values if action != "uninstall" else None,
         )
     )
+    # What the deployed revision held where Secrets put values now: a rotated secret's old
+    # value is in the deployed manifest.
+    deployed_secrets = strings_at((deployed or {}).get("config") or {}, request.secret_paths)
     diff = text_diff(
         deployed_objects,
         planned_objects,
         spec.target_namespace,
-        request.secret_strings,
+        [*request.secret_strings, *deployed_secrets],
         revision=request.deployed_revision,
     )
     plan.message = "; ".join(n for n in [plan.message, *notes] if n)
