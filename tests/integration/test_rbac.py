@@ -236,7 +236,14 @@ def remove_namespace(cluster: Cluster, namespace: str) -> None:
 
 
 def release_object(cluster: Cluster, namespace: str) -> dict[str, Any]:
-    body: dict[str, Any] = cluster.kubectl_json("get", "hfr", f"{STATE}-app", "-n", namespace)
+    """The state's HelmfileRelease; `{}` until the state's first pass has created it."""
+    found = cluster.run(
+        "kubectl", "get", "hfr", f"{STATE}-app", "-n", namespace, "-o", "json", check=False
+    )
+    if found.returncode != 0 and "NotFound" in found.stderr:
+        return {}
+    assert found.returncode == 0, found.stderr
+    body: dict[str, Any] = json.loads(found.stdout)
     return body
 
 
