@@ -85,7 +85,9 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     rendered = await _render(reconciler, key, body, status)
     removals: list[dict[str, Any]] = []
     if rendered is not None:
-        if _start_rollout(key, body, status, rendered, children):
+        desired = [child_body(key, body, rendered, i) for i in range(len(rendered.releases))]
+        outdated = _outdated(desired, children)
+        if _start_rollout(key, body, status, outdated, children):
             # Recorded before any child changes: a pass that fails after writing the children
             # must not lose the rollout (the retry finds them up to date).
             after = status.to_wire()
@@ -93,7 +95,9 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
                 STATES, key.namespace, key.name, merge_patch_between(before, after)
             )
             before = after
-        children, removals = await _apply_children(reconciler, key, body, rendered, children)
+        children, removals = await _apply_children(
+            reconciler, key, body, desired, outdated, children
+        )
         status.environment = rendered.environment
         status.order = rendered.order
         await _roll_out(reconciler, key, body, status, children)
@@ -226,23 +230,24 @@ async def _apply_children(
     reconciler: Reconciler,
     key: ObjectKey,
     body: dict[str, Any],
-    rendered: RenderedState,
+    desired: list[dict[str, Any]],
+    outdated: list[str],
     existing: list[dict[str, Any]],
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Create/update the desired children; delete those no longer in the state (uninstalls) —
-    under manual approval they are returned instead, and deleted once the plan is approved.
-    Returns the children and those removals."""
+    """Write the `outdated` of the desired children (server-side apply); delete those no longer
+    in the state (uninstalls) — under manual approval they are returned instead, and deleted
+    once the plan is approved. Returns the children and those removals."""
     kube = reconciler.kube
     current = {child["metadata"]["name"]: child for child in existing}
     applied = []
-    for index, release in enumerate(rendered.releases):
-        desired = child_body(key, body, rendered, index)
-        have = current.get(release.resource_name)
-        if have is not None and _up_to_date(have, desired):
-            applied.append(have)
-            continue
-        applied.append(await kube.apply(RELEASES, key.namespace, desired))
-    wanted = {release.resource_name for release in rendered.releases}
+    to_write = set(outdated)
+    for child in desired:
+        name = child["metadata"]["name"]
+        if name in to_write:
+            applied.append(await kube.apply(RELEASES, key.namespace, child))
+        else:
+            applied.append(current[name])
+    wanted = {child["metadata"]["name"] for child in desired}
     removals = []
     for name, child in current.items():
         if name not in wanted and not child["metadata"].get("deletionTimestamp"):
@@ -269,11 +274,21 @@ def _approval_manual(body: dict[str, Any]) -> bool:
 # --- atomic rollouts (reconcile/rollout.py) -----------------------------------------------------
 
 
+def _outdated(desired: list[dict[str, Any]], children: list[dict[str, Any]]) -> list[str]:
+    """The children to write (new, or not saying what the state renders now), in order."""
+    current = {child["metadata"]["name"]: child for child in children}
+    return [
+        body["metadata"]["name"]
+        for body in desired
+        if (have := current.get(body["metadata"]["name"])) is None or not _up_to_date(have, body)
+    ]
+
+
 def _start_rollout(
     key: ObjectKey,
     body: dict[str, Any],
     status: HelmfileStateStatus,
-    rendered: RenderedState,
+    outdated: list[str],
     children: list[dict[str, Any]],
 ) -> bool:
     """A new generation of an atomic state that changes children starts a rollout of them
@@ -283,12 +298,7 @@ def _start_rollout(
     if not _atomic(body) or (rollout is not None and rollout.generation == generation):
         return False
     current = {child["metadata"]["name"]: child for child in children}
-    changed = [
-        release.resource_name
-        for index, release in enumerate(rendered.releases)
-        if release.resource_name not in current
-        or not _up_to_date(current[release.resource_name], child_body(key, body, rendered, index))
-    ]
+    changed = list(outdated)
     if not changed:
         return False
     if rollout is not None and rollout.phase in BACKING_OUT:
