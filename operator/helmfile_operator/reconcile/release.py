@@ -257,7 +257,7 @@ async def _source_access(ctx: ReleaseContext) -> Access:
 def _rollout_hold(ctx: ReleaseContext) -> str | None:
     """The rollout holding this release, from the state's annotation; a lifted hold is
     forgotten."""
-    hold = (ctx.body["metadata"].get("annotations") or {}).get(ROLLOUT_HOLD) or None
+    hold = ctx.annotation(ROLLOUT_HOLD)
     status = ctx.status
     recorded = status.rollout_hold
     if recorded is not None and recorded.rollout != hold:
@@ -272,7 +272,7 @@ def _rollout_hold(ctx: ReleaseContext) -> str | None:
 
 def _rollback_wanted(ctx: ReleaseContext, hold: str | None) -> int | None:
     """The revision the held release is asked to roll back to, unless it did already."""
-    value = (ctx.body["metadata"].get("annotations") or {}).get(ROLLBACK_TO)
+    value = ctx.annotation(ROLLBACK_TO)
     if hold is None or not value or not value.isdigit():
         return None
     recorded = ctx.status.rollout_hold
@@ -352,7 +352,7 @@ async def _ensure_finalizer(ctx: ReleaseContext) -> None:
 
 def _handle_reconcile_request(ctx: ReleaseContext) -> None:
     """`helmfile.dev/reconcile-requested-at` changed: reconcile now and retry a Stalled release."""
-    requested = (ctx.body["metadata"].get("annotations") or {}).get(RECONCILE_REQUEST)
+    requested = ctx.annotation(RECONCILE_REQUEST)
     if requested and requested != ctx.status.last_handled_reconcile_at:
         ctx.status.last_handled_reconcile_at = requested
         ctx.refresh_sources = True
@@ -436,7 +436,7 @@ async def _mark_uninstalled(ctx: ReleaseContext, decision: Decision) -> None:
 
 
 async def _held(ctx: ReleaseContext, decision: Decision) -> None:
-    hold = (ctx.body["metadata"].get("annotations") or {}).get(ROLLOUT_HOLD) or ""
+    hold = ctx.annotation(ROLLOUT_HOLD) or ""
     status = ctx.status
     if status.rollout_hold is None:
         status.rollout_hold = RolloutHold(rollout=hold)
@@ -452,7 +452,7 @@ async def _held(ctx: ReleaseContext, decision: Decision) -> None:
 async def _roll_back_for_rollout(ctx: ReleaseContext, decision: Decision) -> None:
     """The state's rollout failed after this release was upgraded by it: back to the revision
     from before the rollout. The Helm history keeps both."""
-    hold = (ctx.body["metadata"].get("annotations") or {}).get(ROLLOUT_HOLD) or ""
+    hold = ctx.annotation(ROLLOUT_HOLD) or ""
     target = _rollback_wanted(ctx, hold)
     assert target is not None
     await ctx.starting("RollingBack", f"rollout {hold} failed: rolling back to revision {target}")

@@ -141,10 +141,14 @@ class ReleaseContext:
         approval = self.spec.approval
         return approval is not None and approval.mode is ApprovalMode.MANUAL
 
+    def annotation(self, key: str) -> str | None:
+        """An annotation of the object (None when absent or empty)."""
+        return (self.body["metadata"].get("annotations") or {}).get(key) or None
+
     @property
     def approval(self) -> str | None:
         """The plan id the `helmfile.dev/approve` annotation approves, if any."""
-        return (self.body["metadata"].get("annotations") or {}).get(APPROVE) or None
+        return self.annotation(APPROVE)
 
     @property
     def interval_seconds(self) -> float:
