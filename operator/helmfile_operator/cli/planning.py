@@ -20,6 +20,7 @@ from helmfile_operator.helm import HelmClient, HelmError
 from helmfile_operator.kube import RELEASES, Kube
 from helmfile_operator.reconcile.actions.plan import PlanRequest, compute_plan
 from helmfile_operator.reconcile.context import STATE_LABEL
+from helmfile_operator.reconcile.decide import Action, Observation, decide
 from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.plan import PlanAction
 from helmfile_operator.reconcile.release_context import Storage
@@ -119,13 +120,16 @@ async def _plan_release(
         secret_paths = resolved.secret_paths
         chart = await _resolve(kube, namespace, spec.chart)
         digest = values_digest(chart, values)
-        in_sync = (
-            storage is not None
-            and storage.status == "deployed"
-            and status.get("lastAppliedDigest") == digest
-            and status.get("revision") == storage.revision
+        # The operator's own rule for "nothing to do" (its decision table).
+        seen = Observation(
+            in_storage=storage is not None,
+            head_deployed=storage is not None and storage.status == "deployed",
+            head_revision=storage.revision if storage is not None else None,
+            digest=digest,
+            applied_digest=status.get("lastAppliedDigest"),
+            applied_revision=status.get("revision"),
         )
-        if in_sync:
+        if decide(seen).action is Action.IN_SYNC:
             return None, ""
         action = "upgrade" if storage is not None else "install"
     elif storage is not None:
