@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fakes import NAMESPACE, World, condition, release_body
+from test_release_state_machine import reconcile, status, stored
 
 from helmfile_operator.api.models import (
     API_VERSION,
@@ -22,7 +23,6 @@ from helmfile_operator.events import EventRecorder
 from helmfile_operator.helm import HelmErrorKind
 from helmfile_operator.kube import RELEASES, STATES
 from helmfile_operator.reconcile.context import APPROVE, FINALIZER, IndexedRelease, ObjectKey
-from helmfile_operator.reconcile.release import reconcile_release
 from helmfile_operator.reconcile.rollout import HOLD, ROLLBACK_TO, Child, advance, rollout_id
 from helmfile_operator.reconcile.state import reconcile_state
 
@@ -58,25 +58,6 @@ def events(world: World) -> RecordedEvents:
     recorder = RecordedEvents()
     world.reconciler.events = recorder
     return recorder
-
-
-def key(name: str = "web") -> ObjectKey:
-    return ObjectKey("HelmfileRelease", NAMESPACE, name)
-
-
-async def reconcile(world: World, name: str = "web") -> None:
-    await reconcile_release(world.reconciler, key(name))
-
-
-def stored(world: World, name: str = "web") -> dict[str, Any]:
-    body = world.kube.obj(RELEASES, NAMESPACE, name)
-    assert body is not None, f"{name} is gone"
-    return body
-
-
-def status(world: World, name: str = "web") -> dict[str, Any]:
-    result: dict[str, Any] = stored(world, name).get("status") or {}
-    return result
 
 
 def plan_of(world: World, name: str = "web") -> dict[str, Any]:
