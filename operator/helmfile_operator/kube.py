@@ -9,11 +9,13 @@ Requests are built from paths here, so one method is one readable URL.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import json
 import urllib.parse
 from typing import Any
 
+import urllib3
 from kubernetes import config
 from kubernetes.client.api_client import ApiClient
 from kubernetes.client.configuration import Configuration
@@ -36,6 +38,10 @@ Body = dict[str, Any]
 
 class FinalizerConflict(Exception):
     """The object's finalizers changed since it was read: read it again and retry."""
+
+
+class ApiUnreachable(Exception):
+    """The API server did not answer (refused, reset, timed out): the message names the server."""
 
 
 class AccessDenied(Exception):
@@ -102,6 +108,10 @@ class Kube:
         configuration.connection_pool_maxsize = 64
         return cls(ApiClient(configuration))
 
+    @classmethod
+    def from_configuration(cls, configuration: Configuration) -> Kube:
+        return cls(ApiClient(configuration))
+
     @staticmethod
     def _load_in_cluster() -> Configuration:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -132,9 +142,13 @@ class Kube:
         method, url, headers, body, _ = self.api_client.param_serialize(
             method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
-        response = self.api_client.call_api(
-            method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
-        )
+        try:
+            response = self.api_client.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
+            )
+        except urllib3.exceptions.HTTPError as error:  # never with a body: no data to leak
+            host = self.api_client.configuration.host
+            raise ApiUnreachable(f"{host} unreachable: {_cause(error)}") from None
         data: bytes = response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status < 300:
             text = data.decode("utf-8", "replace") if data else None
@@ -336,6 +350,18 @@ class Kube:
 _CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 
+def secret_text(secret: Body, key: str) -> str | None:
+    """The text under `key` of a Secret as read (base64 `data`), None when absent; ValueError
+    (with no content in its message) when it is not base64 of UTF-8."""
+    raw = (secret.get("data") or {}).get(key)
+    if raw is None:
+        return None
+    try:
+        return base64.b64decode(raw, validate=True).decode()
+    except ValueError:  # binascii.Error, UnicodeDecodeError: their messages quote the bytes
+        raise ValueError(f"key {key!r} is not UTF-8 text") from None
+
+
 def merge_patch_between(before: Body, after: Body) -> Body:
     """The JSON merge patch (RFC 7386) that turns `before` into `after`: changed keys, nested
     maps recursively, and null for every key `after` no longer has (at any depth)."""
@@ -349,6 +375,17 @@ def merge_patch_between(before: Body, after: Body) -> Body:
         elif key not in before or old != value:
             patch[key] = value
     return patch
+
+
+def _cause(error: Exception) -> str:
+    """The innermost reason of a urllib3 failure, e.g. `Connection refused`."""
+    reason: Any = getattr(error, "reason", None) or error
+    text = str(reason)
+    # urllib3 wraps as "<HTTPSConnection(...)>: Failed to establish a new connection: [Errno 111]
+    # Connection refused": keep the part after the last colon that carries an errno.
+    if "]" in text:
+        text = text.rsplit("]", 1)[1].strip()
+    return text or type(error).__name__
 
 
 def _q(segment: str) -> str:

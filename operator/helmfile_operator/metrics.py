@@ -1,7 +1,8 @@
 """Prometheus metrics (prefix `helmfile_operator_`), and the HTTP server for /metrics and /readyz.
 
 Label sets are bounded: kinds, results, helm commands, condition types — plus object namespace and
-name on the per-object series, which are removed when the object is deleted. docs/metrics.md
+name on the per-object series, which are removed when the object is deleted, and the remote
+clusters in use (bounded by the connection cache). docs/metrics.md
 lists every metric and the PromQL for the SLIs.
 """
 
@@ -121,6 +122,13 @@ class Metrics:
             "helmfile_operator_state_last_success_timestamp_seconds",
             "When each HelmfileState was last seen Ready (Unix time).",
             ["namespace", "name"],
+            registry=r,
+        )
+        self.cluster_reachable = Gauge(
+            "helmfile_operator_cluster_reachable",
+            "1 when the remote cluster (`spec.kubeConfig`) answered the last request, else 0; "
+            "one series per cluster in use (at most 64).",
+            ["cluster", "server"],
             registry=r,
         )
         self.build_info = Gauge(

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     )
     retry_max_seconds: float = Field(default=300.0, gt=0, description="Cap of the retry delay.")
     uninstall_timeout_seconds: float = Field(default=300.0, gt=0)
+    allow_kubeconfig_exec: bool = Field(
+        default=False,
+        description="Allow `exec` and `auth-provider` plugins in the kubeconfig Secrets of "
+        "`spec.kubeConfig`: they run a command of the tenant's choosing in the operator's pod. "
+        "Off: such a kubeconfig is refused with a condition.",
+    )
     index_audit_seconds: float = Field(
         default=300.0,
         ge=0,

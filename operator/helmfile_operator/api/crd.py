@@ -277,6 +277,12 @@ def custom_resource_definitions() -> list[dict[str, Any]]:
         [
             {"name": "Release", "type": "string", "jsonPath": ".spec.releaseName"},
             {"name": "Target", "type": "string", "jsonPath": ".spec.targetNamespace"},
+            {
+                "name": "Cluster",
+                "type": "string",
+                "jsonPath": ".status.cluster.name",
+                "priority": 1,  # -o wide: most releases are in the operator's own cluster
+            },
             {"name": "Chart", "type": "string", "jsonPath": ".status.chartName"},
             {"name": "Version", "type": "string", "jsonPath": ".status.chartVersion"},
             {"name": "Revision", "type": "integer", "jsonPath": ".status.revision"},

@@ -375,6 +375,33 @@ class EnvironmentValuesReference(ValuesReference):
     )
 
 
+class SecretKeyReference(Model):
+    """A key of a Secret in the object's own namespace."""
+
+    name: str = Field(
+        pattern=DNS_SUBDOMAIN,
+        max_length=DNS_SUBDOMAIN_MAX,
+        description="Name of the Secret, in the namespace of the object.",
+    )
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Data key. Default: `value`, else `value.yaml` (as Flux reads it).",
+    )
+
+
+class KubeConfigReference(Model):
+    """A kubeconfig that points helm, Helm's storage reads and drift checks at another cluster."""
+
+    secret_ref: SecretKeyReference = Field(
+        description="Secret key holding the kubeconfig (its current context is used). Only "
+        "inline credentials (`token`, `client-certificate-data`, …): file paths are refused, and "
+        "`exec`/`auth-provider` plugins unless the operator allows them (docs/clusters.md)."
+    )
+
+
 class Environment(Model):
     """One named set of values that templates (`environment.values`) and `condition` read."""
 
@@ -385,6 +412,11 @@ class Environment(Model):
     values_from: list[EnvironmentValuesReference] = Field(
         default_factory=list,
         description="ConfigMap keys holding more values, merged after `values`, in order.",
+    )
+    kube_config: KubeConfigReference | None = Field(
+        default=None,
+        description="The cluster this environment's releases deploy to (a release's own "
+        "`kubeConfig` wins). Default: the state's `kubeConfig`.",
     )
 
 
@@ -448,6 +480,11 @@ class ReleaseTemplate(Model):
     approval: Approval | None = Field(
         default=None, description="Approval of this release's plans. Default: the state's."
     )
+    kube_config: KubeConfigReference | None = Field(
+        default=None,
+        description="The cluster this release deploys to. Default: the selected environment's "
+        "`kubeConfig`, else the state's.",
+    )
 
 
 class DeletionPolicy(StrEnum):
@@ -505,6 +542,11 @@ class HelmfileStateSpec(Model):
         default=None,
         description="How one generation's changes roll out. Default: release by release "
         "(`atomic: false`).",
+    )
+    kube_config: KubeConfigReference | None = Field(
+        default=None,
+        description="The cluster every release deploys to (an environment's or a release's own "
+        "`kubeConfig` wins). Default: the operator's own cluster.",
     )
     releases: list[ReleaseTemplate] = Field(
         default_factory=list,
@@ -598,6 +640,11 @@ class HelmfileReleaseSpec(Model):
     )
     approval: Approval | None = Field(
         default=None, description="Approval of this release's plans. Default: `auto`."
+    )
+    kube_config: KubeConfigReference | None = Field(
+        default=None,
+        description="The cluster the release deploys to; the HelmfileRelease and its status "
+        "stay here. Default: the operator's own cluster.",
     )
 
     def helm_options(self) -> HelmOptions:
@@ -777,6 +824,13 @@ class RolloutHold(Model):
     )
 
 
+class ClusterStatus(Model):
+    """The cluster a release targets, as its kubeconfig names it (never its credentials)."""
+
+    name: str = Field(description="The cluster's name in the kubeconfig's current context.")
+    server: str = Field(description="The cluster's API server URL.")
+
+
 class HelmfileReleaseStatus(Model):
     """What the operator observed and did, written by the operator."""
 
@@ -849,6 +903,10 @@ class HelmfileReleaseStatus(Model):
     rollout_hold: RolloutHold | None = Field(
         default=None, description="Set while an atomic rollout holds (or rolled back) this release."
     )
+    cluster: ClusterStatus | None = Field(
+        default=None,
+        description="The remote cluster of `spec.kubeConfig` (none: the operator's own cluster).",
+    )
 
 
 class ReleaseSummary(Model):
@@ -861,6 +919,9 @@ class ReleaseSummary(Model):
     chart_version: str | None = Field(default=None, description="Version of the deployed chart.")
     drifted: bool = Field(default=False, description="Whether drift was detected.")
     message: str = Field(default="", description="Message of the release's Ready condition.")
+    cluster: str | None = Field(
+        default=None, description="The remote cluster it targets (none: the operator's own)."
+    )
 
 
 class ReleaseCounts(Model):

@@ -22,7 +22,15 @@ _OUTPUT_DIR = click.Path(file_okay=False, path_type=Path)
 )
 @click.option("--verbose", is_flag=True, help="Debug logging (every helm command line).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Default: text.")
-def run(namespaces: tuple[str, ...], verbose: bool, log_format: str | None) -> None:
+@click.option(
+    "--allow-kubeconfig-exec",
+    is_flag=True,
+    help="Allow exec/auth-provider plugins in spec.kubeConfig Secrets (they run commands of "
+    "the tenants' choosing in the operator's pod).",
+)
+def run(
+    namespaces: tuple[str, ...], verbose: bool, log_format: str | None, allow_kubeconfig_exec: bool
+) -> None:
     """Run the operator against the current cluster."""
     import kopf
 
@@ -36,6 +44,8 @@ def run(namespaces: tuple[str, ...], verbose: bool, log_format: str | None) -> N
         overrides["verbose"] = True
     if log_format:
         overrides["log_format"] = log_format
+    if allow_kubeconfig_exec:
+        overrides["allow_kubeconfig_exec"] = True
     settings = Settings(**overrides)  # type: ignore[arg-type]
     configure_logging(settings.log_format, settings.verbose)
     import helmfile_operator.controllers.handlers  # noqa: F401  (registers the handlers)

@@ -12,6 +12,7 @@ import kopf
 
 from helmfile_operator import metrics
 from helmfile_operator.api.models import GROUP, VERSION
+from helmfile_operator.clusters import ClusterPool
 from helmfile_operator.controllers.runtime import Controller
 from helmfile_operator.helm import HelmClient
 from helmfile_operator.helm.files import ensure_private_dir, run_work_dir
@@ -40,13 +41,14 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         )
     )
     operator_metrics = metrics.Metrics()
+    run_dir = run_work_dir(operator_settings.work_dir)
     helm = HelmClient(
         operator_settings.helm_binary,
         max_concurrency=operator_settings.max_concurrent_helm,
         max_concurrency_per_tenant=operator_settings.max_concurrent_helm_per_namespace,
         max_timeout_seconds=operator_settings.max_helm_timeout_seconds,
         on_command=operator_metrics.observe_helm,
-        work_dir=run_work_dir(operator_settings.work_dir),
+        work_dir=run_dir,
         tenant_home_dir=ensure_private_dir(operator_settings.work_dir / "helm-homes"),
     )
     # Fail at start, loudly, when helm is missing or broken — not at the first release.
@@ -59,6 +61,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         helm,
         drift=DriftChecker(kube.api_client.configuration),
         metrics=operator_metrics,
+        clusters=ClusterPool(
+            run_dir / "clusters",
+            allow_exec=operator_settings.allow_kubeconfig_exec,
+            metrics=operator_metrics,
+        ),
     )
     controller.start()
     memo[CONTROLLER] = controller

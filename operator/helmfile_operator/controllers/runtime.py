@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from helmfile_operator.api.models import Condition
+from helmfile_operator.clusters import ClusterPool
 from helmfile_operator.events import EventRecorder
 from helmfile_operator.helm import HelmClient
 from helmfile_operator.kube import RELEASES, STATES, FinalizerConflict, Kube
@@ -37,6 +38,8 @@ from helmfile_operator.reconcile.context import (
     ObjectKey,
     Reconciler,
     ReleaseIndex,
+    ReleaseTarget,
+    release_target,
 )
 from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.release import reconcile_release
@@ -97,7 +100,7 @@ def indexed(body: Body) -> IndexedRelease:
         drifted=any(
             c.get("type") == "Drifted" and c.get("status") == "True" for c in status_conditions
         ),
-        target=(str(spec.get("targetNamespace") or ""), str(spec.get("releaseName") or "")),
+        target=release_target(str(metadata.get("namespace") or ""), spec),
         created=str(metadata.get("creationTimestamp") or ""),
         awaiting_approval=((body.get("status") or {}).get("plan") or {}).get("phase")
         == "AwaitingApproval",
@@ -118,6 +121,7 @@ class Controller:
         *,
         drift: DriftChecker | None = None,
         metrics: Metrics | None = None,
+        clusters: ClusterPool | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -137,6 +141,7 @@ class Controller:
             drift=drift,
             events=self.events,
             metrics=self.metrics,
+            clusters=clusters,
         )
         self.signatures: dict[ObjectKey, tuple[Any, ...]] = {}
         self.summaries: dict[ObjectKey, tuple[Any, ...]] = {}
@@ -179,6 +184,8 @@ class Controller:
                 await self._audit
         await self.queue.stop_workers()
         await self.events.stop()
+        if self.reconciler.clusters is not None:
+            self.reconciler.clusters.close()
 
     @property
     def healthy(self) -> bool:
@@ -249,7 +256,7 @@ class Controller:
         if previous.state:
             self.queue.add(ObjectKey("HelmfileState", key.namespace, previous.state))
 
-    def _wake_claimants(self, target: tuple[str, str]) -> None:
+    def _wake_claimants(self, target: ReleaseTarget) -> None:
         """Another object naming the same Helm release may take it over now."""
         for namespace, name in self.reconciler.index.claimants(target):
             self.queue.add(ObjectKey("HelmfileRelease", namespace, name))

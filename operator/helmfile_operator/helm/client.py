@@ -182,19 +182,21 @@ class HelmClient:
         tenant: str | None = None,
         skip_crds: bool = False,
         dry_run: bool = False,
+        kubeconfig: Path | None = None,
     ) -> ReleaseInfo:
         """`helm upgrade --install` (`dry_run`: `--dry-run=server`, and the result carries the
         manifest helm would apply). The caller resolves `chart.repository.secretRef` into
         `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read from
         Secrets) that must not appear in an error message. `helm_home`, when given, is used
-        instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`."""
+        instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`; `kubeconfig`:
+        the cluster to act on (default: the operator's own)."""
         helm = await self.version()
         secrets = [*redact, *([credentials.password] if credentials else [])]
         helm_timeout = self._clamp(helm_timeout_seconds(options))
         with private_workdir(self.work_dir) as workdir:
             values_file = write_values_file(workdir, values)
             source = await self._chart_source(
-                workdir, chart, credentials, ca_pem, helm.major, tenant, helm_home
+                workdir, chart, credentials, ca_pem, helm.major, tenant, helm_home, kubeconfig
             )
             argv = upgrade_argv(
                 release=release,
@@ -262,6 +264,7 @@ class HelmClient:
         timeout_seconds: float,
         impersonate: str | None = None,
         tenant: str | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
         """`helm test`; a failed test raises HelmError(TEST_FAILED) naming the test."""
         timeout_seconds = self._clamp(timeout_seconds)
@@ -276,7 +279,7 @@ class HelmClient:
                 "test",
                 argv,
                 limit=timeout_seconds + self.subprocess_grace_seconds,
-                env=self._env(tenant=tenant),
+                env=self._env(tenant=tenant, kubeconfig=kubeconfig),
                 tenant=tenant,
             )
         except HelmError as error:
@@ -292,6 +295,7 @@ class HelmClient:
         impersonate: str | None = None,
         ignore_not_found: bool = False,
         tenant: str | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
         helm = await self.version()
         timeout_seconds = self._clamp(timeout_seconds)
@@ -309,7 +313,7 @@ class HelmClient:
                 "uninstall",
                 argv,
                 limit=timeout_seconds + self.subprocess_grace_seconds,
-                env=self._env(tenant=tenant),
+                env=self._env(tenant=tenant, kubeconfig=kubeconfig),
                 tenant=tenant,
             )
         except HelmError as error:
@@ -330,6 +334,7 @@ class HelmClient:
         wait_for_jobs: bool = False,
         history_max: int | None = None,
         tenant: str | None = None,
+        kubeconfig: Path | None = None,
     ) -> None:
         """Roll back to `revision`, or to the previous revision when None."""
         helm = await self.version()
@@ -350,7 +355,7 @@ class HelmClient:
             "rollback",
             argv,
             limit=timeout_seconds + self.subprocess_grace_seconds,
-            env=self._env(tenant=tenant),
+            env=self._env(tenant=tenant, kubeconfig=kubeconfig),
             tenant=tenant,
         )
 
@@ -362,6 +367,7 @@ class HelmClient:
         max: int = 10,
         impersonate: str | None = None,
         tenant: str | None = None,
+        kubeconfig: Path | None = None,
     ) -> list[HistoryRecord]:
         """The last `max` revisions, oldest first; empty when the release does not exist."""
         argv = history_argv(release=release, namespace=namespace, max=max, impersonate=impersonate)
@@ -370,7 +376,7 @@ class HelmClient:
                 "history",
                 argv,
                 limit=self._quick_limit(),
-                env=self._env(tenant=tenant),
+                env=self._env(tenant=tenant, kubeconfig=kubeconfig),
                 tenant=tenant,
             )
         except HelmError as error:
@@ -397,11 +403,15 @@ class HelmClient:
         helm_home: Path | None = None,
         private_dir: Path | None = None,
         tenant: str | None = None,
+        kubeconfig: Path | None = None,
     ) -> dict[str, str]:
         if helm_home is None and tenant is not None:
             helm_home = self._tenant_home(tenant)
         return helm_env(
-            self.base_env, kubeconfig=self.kubeconfig, helm_home=helm_home, private_dir=private_dir
+            self.base_env,
+            kubeconfig=str(kubeconfig) if kubeconfig is not None else self.kubeconfig,
+            helm_home=helm_home,
+            private_dir=private_dir,
         )
 
     def _tenant_home(self, tenant: str) -> Path:
@@ -435,12 +445,13 @@ class HelmClient:
         helm_major: int,
         tenant: str | None,
         helm_home: Path | None,
+        kubeconfig: Path | None = None,
     ) -> _ChartSource:
         """The environment, directory and flags a command that fetches `chart` runs with."""
         ca_file = write_private_file(workdir / "ca.crt", ca_pem) if ca_pem else None
         # An empty working directory: no CHART argument can name a local chart.
         cwd = ensure_private_dir(workdir / "cwd")
-        env = self._env(helm_home, private_dir=workdir, tenant=tenant)
+        env = self._env(helm_home, private_dir=workdir, tenant=tenant, kubeconfig=kubeconfig)
         alias = None
         if credentials is not None:
             alias = await self._configure_repository(

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+from helmfile_operator.clusters import ClusterPool
 from helmfile_operator.events import EventRecorder
 from helmfile_operator.helm import HelmClient
 from helmfile_operator.kube import Kube
@@ -22,6 +23,22 @@ FINALIZER = "helmfile.dev/finalizer"
 RECONCILE_REQUEST = "helmfile.dev/reconcile-requested-at"
 KEEP_RELEASE = "helmfile.dev/keep-release"
 APPROVE = "helmfile.dev/approve"  # the id of the plan someone approved
+
+
+# (cluster, targetNamespace, releaseName): one Helm release. The cluster is "" for the operator's
+# own, else the kubeconfig Secret that names it (`namespace/secret/key`).
+ReleaseTarget = tuple[str, str, str]
+
+
+def release_target(namespace: str, spec: Mapping[str, Any]) -> ReleaseTarget:
+    """The Helm release a HelmfileRelease's spec (as stored) drives; `namespace` is its own."""
+    secret_ref = (spec.get("kubeConfig") or {}).get("secretRef") or {}
+    cluster = (
+        f"{namespace}/{secret_ref.get('name', '')}/{secret_ref.get('key') or ''}"
+        if secret_ref
+        else ""
+    )
+    return (cluster, str(spec.get("targetNamespace") or ""), str(spec.get("releaseName") or ""))
 
 
 class ObjectKey(NamedTuple):
@@ -42,7 +59,7 @@ class IndexedRelease:
     needs: tuple[str, ...]
     state: str | None
     drifted: bool = False
-    target: tuple[str, str] = ("", "")  # (targetNamespace, releaseName)
+    target: ReleaseTarget = ("", "", "")
     created: str = ""  # creationTimestamp: the oldest claimant of a Helm release keeps it
     awaiting_approval: bool = False  # its plan waits for an approval
 
@@ -52,8 +69,8 @@ class ReleaseIndex:
     """HelmfileReleases by namespace and name, fed by the watch (a cache, like an informer's)."""
 
     releases: dict[tuple[str, str], IndexedRelease] = field(default_factory=dict)
-    # (targetNamespace, releaseName) → the objects that name it.
-    _claims: dict[tuple[str, str], set[tuple[str, str]]] = field(default_factory=dict)
+    # Helm release → the objects that name it.
+    _claims: dict[ReleaseTarget, set[tuple[str, str]]] = field(default_factory=dict)
 
     def get(self, namespace: str, name: str) -> IndexedRelease | None:
         return self.releases.get((namespace, name))
@@ -77,14 +94,14 @@ class ReleaseIndex:
             self._unclaim(previous.target, (namespace, name))
         return previous
 
-    def _unclaim(self, target: tuple[str, str], key: tuple[str, str]) -> None:
+    def _unclaim(self, target: ReleaseTarget, key: tuple[str, str]) -> None:
         claimants = self._claims.get(target)
         if claimants is not None:
             claimants.discard(key)
             if not claimants:
                 del self._claims[target]
 
-    def claimants(self, target: tuple[str, str]) -> list[tuple[str, str]]:
+    def claimants(self, target: ReleaseTarget) -> list[tuple[str, str]]:
         """The objects naming this Helm release, first claimant first."""
         keys = self._claims.get(target, set())
         return sorted(keys, key=lambda key: (self.releases[key].created, key))
@@ -107,12 +124,12 @@ class ReleaseIndex:
 
 
 class ManifestCache:
-    """Manifests of deployed revisions by (namespace, release), decoded once per revision and
-    bounded in bytes (least recently used first out): real manifests reach MiBs."""
+    """Manifests of deployed revisions by Helm release, decoded once per revision and bounded in
+    bytes (least recently used first out): real manifests reach MiBs."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._entries: collections.OrderedDict[tuple[str, str], tuple[int, str]] = (
+        self._entries: collections.OrderedDict[ReleaseTarget, tuple[int, str]] = (
             collections.OrderedDict()
         )
         self._bytes = 0
@@ -120,14 +137,14 @@ class ManifestCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: tuple[str, str], revision: int) -> str | None:
+    def get(self, key: ReleaseTarget, revision: int) -> str | None:
         entry = self._entries.get(key)
         if entry is None or entry[0] != revision:
             return None
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key: tuple[str, str], revision: int, manifest: str) -> None:
+    def put(self, key: ReleaseTarget, revision: int, manifest: str) -> None:
         self.evict(key)
         if len(manifest) > self.max_bytes:
             return
@@ -137,7 +154,7 @@ class ManifestCache:
             _, (_, dropped) = self._entries.popitem(last=False)
             self._bytes -= len(dropped)
 
-    def evict(self, key: tuple[str, str]) -> None:
+    def evict(self, key: ReleaseTarget) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= len(entry[1])
@@ -155,6 +172,7 @@ class Reconciler:
     manifests: ManifestCache = field(default_factory=ManifestCache)
     metrics: Metrics = field(default_factory=Metrics)
     versions: VersionResolver = field(default_factory=VersionResolver)
+    clusters: ClusterPool | None = None  # remote clusters (None: spec.kubeConfig is refused)
     # Renders of states at once: each may use up to its memory budget (render/templates.py).
     render_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 

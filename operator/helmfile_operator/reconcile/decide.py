@@ -25,6 +25,8 @@ class Action(StrEnum):
     REJECT_SELF_NEED = "reject self-need"  # Stalled: spec.needs names the release itself
     REJECT_OWNED = "reject owned by another"  # Stalled: another object drives this Helm release
     WAIT_FOR_NEEDS = "wait for needs"  # woken by the watch when a need turns Ready
+    REPORT_CLUSTER_ERROR = "report cluster error"  # spec.kubeConfig unreadable or refused
+    CLUSTER_UNREACHABLE = "cluster unreachable"  # the remote cluster did not answer; retried
     REPORT_FORBIDDEN = "report forbidden"  # the tenant's identity may not read Helm's storage
     UNINSTALL = "uninstall"  # installed: false, and a release is in storage
     MARK_UNINSTALLED = "mark uninstalled"  # installed: false, nothing in storage
@@ -79,6 +81,8 @@ class Observation:
     approval_manual: bool = False  # a change waits for its plan to be approved
     approved: bool = False  # the approval annotation names the plan of the change wanted now
     access_error: str | None = None  # reading Helm's storage as the tenant was refused
+    cluster_error: bool = False  # spec.kubeConfig's Secret is missing, invalid or refused
+    cluster_unreachable: bool = False  # the remote cluster did not answer Helm's storage read
     install_wanted: bool = True
     in_storage: bool = False
     head_deployed: bool = False
@@ -112,6 +116,10 @@ def decide(obs: Observation) -> Decision:
     # Manual approval plans a change before its needs are Ready: a stack is approved as a whole.
     if obs.unready_needs and not obs.approval_manual:
         return Decision(Action.WAIT_FOR_NEEDS)
+    if obs.cluster_error:
+        return Decision(Action.REPORT_CLUSTER_ERROR)
+    if obs.cluster_unreachable:
+        return Decision(Action.CLUSTER_UNREACHABLE)
     if obs.access_error is not None:
         return Decision(Action.REPORT_FORBIDDEN)
     if not obs.install_wanted:
@@ -166,4 +174,6 @@ def _decide_deletion(obs: Observation) -> Decision:
         return Decision(Action.WAIT_FOR_DEPENDENTS)
     if obs.keep_release:
         return Decision(Action.RELEASE)
+    if obs.cluster_error:
+        return Decision(Action.REPORT_CLUSTER_ERROR)  # cannot uninstall: say so, retry
     return Decision(Action.UNINSTALL_AND_RELEASE)

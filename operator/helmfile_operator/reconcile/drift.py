@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import urllib3
 from kubernetes.client.api_client import ApiClient
 from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
@@ -36,6 +37,7 @@ FIELD_MANAGER = "helmfile-operator-drift"
 HELM_FIELD_MANAGER = "helm"  # a plan's dry run applies as helm itself would
 MAX_CLIENTS = 64  # identities with a cached API client (and discovery)
 TIMEOUT = REQUEST_TIMEOUT
+_T = TypeVar("_T")
 
 # Paths the API server owns or that change on every write.
 _IGNORED_PREFIXES = (
@@ -177,13 +179,23 @@ class DriftChecker:
         ignore: Sequence[DriftIgnoreRule],
         impersonate: str | None = None,
     ) -> DriftReport:
-        return await asyncio.to_thread(self._check, manifest, namespace, ignore, impersonate)
+        return await self._in_thread(self._check, manifest, namespace, ignore, impersonate)
 
     async def correct(
         self, manifest: str, release: str, namespace: str, impersonate: str | None
     ) -> None:
         """Re-apply every object of the manifest (recreates missing ones, restores changed ones)."""
-        await asyncio.to_thread(self._correct, manifest, release, namespace, impersonate)
+        await self._in_thread(self._correct, manifest, release, namespace, impersonate)
+
+    async def _in_thread(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run a check in a worker thread; an API server that does not answer is the check's
+        failure (DriftCheckError), like a refused request."""
+        try:
+            return await asyncio.to_thread(function, *args)
+        except urllib3.exceptions.HTTPError:
+            raise DriftCheckError(
+                f"drift check: the API server {self._configuration.host} did not answer"
+            ) from None
 
     def _resource(self, dynamic: Any, obj: Mapping[str, Any]) -> Any:
         try:
@@ -198,7 +210,7 @@ class DriftChecker:
     ) -> list[Comparison]:
         """What helm applying each object of `manifest` for `release` would change in the live
         objects (a plan's view: no ignore rules, no opt-out)."""
-        return await asyncio.to_thread(self._compare_all, manifest, release, namespace, impersonate)
+        return await self._in_thread(self._compare_all, manifest, release, namespace, impersonate)
 
     def _compare_all(
         self, manifest: str, release: str, namespace: str, impersonate: str | None

@@ -32,6 +32,8 @@ class Failure(Protocol):
     def retryable(self) -> bool: ...
 
 
+CLUSTER_UNREACHABLE = "ClusterUnreachable"
+
 TRANSIENT_KINDS = frozenset(
     {HelmErrorKind.CONNECTION, HelmErrorKind.REPOSITORY_UNREACHABLE, HelmErrorKind.LOCKED}
 )
@@ -39,6 +41,15 @@ TRANSIENT_KINDS = frozenset(
 
 def is_transient(error: Failure) -> bool:
     return error.kind in TRANSIENT_KINDS
+
+
+def failure_reason(ctx: ReleaseContext, reason: str, error: Failure) -> str:
+    """`reason`, or ClusterUnreachable when helm could not reach the release's remote cluster
+    (also recorded by the `cluster_reachable` metric)."""
+    if ctx.cluster is None or error.kind is not HelmErrorKind.CONNECTION:
+        return reason
+    ctx.mark_cluster(False)
+    return CLUSTER_UNREACHABLE
 
 
 def retry_later(ctx: ReleaseContext, reason: str, message: str) -> None:
@@ -63,6 +74,7 @@ def record_failure(ctx: ReleaseContext, reason: str, error: Failure) -> None:
     """A failed helm command (or version lookup): `status.failures` counts it; transient,
     terminal or retried."""
     ctx.status.failures += 1
+    reason = failure_reason(ctx, reason, error)
     message = f"{error.kind}: {error.message}"
     retries = ctx.options.retries
     assert retries is not None  # helm_options() merges the models' defaults

@@ -19,8 +19,9 @@ from helmfile_operator.api.models import (
     RolloutHold,
     describe_validation_error,
 )
+from helmfile_operator.clusters import KubeconfigError
 from helmfile_operator.helm import HelmError
-from helmfile_operator.kube import RELEASES, AccessDenied, FinalizerConflict
+from helmfile_operator.kube import RELEASES, AccessDenied, ApiUnreachable, FinalizerConflict
 from helmfile_operator.logs import object_fields
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.apply import record_success
@@ -40,7 +41,13 @@ from helmfile_operator.reconcile.context import (
     Reconciler,
 )
 from helmfile_operator.reconcile.decide import Action, Attempt, Decision, Lock, Observation, decide
-from helmfile_operator.reconcile.failures import record_failure, retry_later, stall
+from helmfile_operator.reconcile.failures import (
+    CLUSTER_UNREACHABLE,
+    failure_reason,
+    record_failure,
+    retry_later,
+    stall,
+)
 from helmfile_operator.reconcile.plan import PlanAction, install_plan, plan_id
 from helmfile_operator.reconcile.plan import summary as plan_summary
 from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
@@ -108,13 +115,19 @@ async def observe(ctx: ReleaseContext) -> Observation:
     owner = index.owner(ctx.key.namespace, ctx.key.name)
     owner_name = f"{owner[0]}/{owner[1]}" if owner is not None else None
     if metadata.get("deletionTimestamp"):
-        return Observation(
+        deletion = Observation(
             deleting=True,
             finalizer=FINALIZER in (metadata.get("finalizers") or []),
             dependents=tuple(await _live_dependents(ctx)),
             keep_release=(metadata.get("annotations") or {}).get(KEEP_RELEASE) == "true",
             owner=owner_name,
         )
+        uninstalls = deletion.finalizer and not (
+            deletion.owner or deletion.dependents or deletion.keep_release
+        )
+        if uninstalls and not await _connect(ctx):  # the uninstall needs the cluster
+            deletion = dataclasses.replace(deletion, cluster_error=True)
+        return deletion
     spec = ctx.spec
     hold = _rollout_hold(ctx)
     base = Observation(
@@ -134,11 +147,19 @@ async def observe(ctx: ReleaseContext) -> Observation:
     if base.unready_needs and not base.approval_manual:
         return base
 
+    if not await _connect(ctx):
+        return dataclasses.replace(base, cluster_error=True)
     try:
         ctx.storage = await ctx.read_storage()
     except AccessDenied as error:
         ctx.access_error = str(error)
         return dataclasses.replace(base, access_error=ctx.access_error)
+    except ApiUnreachable as error:
+        if ctx.cluster is None:
+            raise  # the operator's own API server: the pass fails and is retried
+        ctx.cluster_unreachable = str(error)
+        return dataclasses.replace(base, cluster_unreachable=True)
+    _cluster_answered(ctx)
     storage = ctx.storage
     lock = None
     if storage is not None and storage.locked:
@@ -182,6 +203,25 @@ async def observe(ctx: ReleaseContext) -> Observation:
         if status.failures
         else 0.0,
     )
+
+
+async def _connect(ctx: ReleaseContext) -> bool:
+    """Connect to the release's cluster (spec.kubeConfig); False, with the error in the context,
+    when its kubeconfig cannot be used."""
+    try:
+        await ctx.connect()
+    except KubeconfigError as error:
+        ctx.cluster_error = error
+        return False
+    return True
+
+
+def _cluster_answered(ctx: ReleaseContext) -> None:
+    """The remote cluster answered: failures counted while it did not start over."""
+    ctx.mark_cluster(True)
+    ready = conditions.find(ctx.status.conditions, conditions.READY)
+    if ready is not None and ready.reason == CLUSTER_UNREACHABLE:
+        ctx.status.failures = 0
 
 
 async def _resolve_values(ctx: ReleaseContext) -> None:
@@ -460,7 +500,8 @@ async def _roll_back_for_rollout(ctx: ReleaseContext, decision: Decision) -> Non
         await ctx.helm_rollback(target, wait=bool(ctx.options.wait))
     except HelmError as error:
         ctx.status.failures += 1
-        retry_later(ctx, "RollbackFailed", f"rollback to revision {target} failed: {error.message}")
+        reason = failure_reason(ctx, "RollbackFailed", error)
+        retry_later(ctx, reason, f"rollback to revision {target} failed: {error.message}")
         return
     ctx.reconciler.metrics.remediations.labels("rollout-rollback").inc()
     status = ctx.status
@@ -479,6 +520,31 @@ async def _roll_back_for_rollout(ctx: ReleaseContext, decision: Decision) -> Non
     )
     ctx.event("Warning", ROLLOUT_ROLLED_BACK, message)
     await _held(ctx, decision)
+
+
+async def _report_cluster_error(ctx: ReleaseContext, decision: Decision) -> None:
+    error = ctx.cluster_error
+    assert error is not None
+    deleting = bool(ctx.body["metadata"].get("deletionTimestamp"))
+    message = error.message
+    if deleting:
+        message = (
+            f"cannot uninstall from the remote cluster: {message}; or annotate "
+            f"{KEEP_RELEASE}=true to leave the Helm release there"
+        )
+    if error.retryable or deleting:
+        ctx.status.failures = 0
+        ctx.not_ready(error.reason, message)
+        ctx.event("Warning", error.reason, message)
+        ctx.requeue(min(ctx.reconciler.settings.retry_max_seconds / 5, ctx.interval_seconds))
+    else:
+        stall(ctx, error.reason, message, "not retryable")
+
+
+async def _cluster_unreachable(ctx: ReleaseContext, decision: Decision) -> None:
+    ctx.mark_cluster(False)
+    ctx.status.failures += 1
+    retry_later(ctx, CLUSTER_UNREACHABLE, f"reading Helm's storage: {ctx.cluster_unreachable}")
 
 
 async def _report_forbidden(ctx: ReleaseContext, decision: Decision) -> None:
@@ -651,6 +717,8 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.REJECT_SELF_NEED: _reject_self_need,
     Action.REJECT_OWNED: _reject_owned,
     Action.WAIT_FOR_NEEDS: _wait_for_needs,
+    Action.REPORT_CLUSTER_ERROR: _report_cluster_error,
+    Action.CLUSTER_UNREACHABLE: _cluster_unreachable,
     Action.REPORT_FORBIDDEN: _report_forbidden,
     Action.UNINSTALL: _uninstall_wanted,
     Action.MARK_UNINSTALLED: _mark_uninstalled,
@@ -716,7 +784,8 @@ async def _uninstall(ctx: ReleaseContext, why: str) -> bool:
         await uninstall(ctx, why)
     except HelmError as error:
         ctx.status.failures += 1
-        retry_later(ctx, "UninstallFailed", f"uninstall failed ({error.kind}): {error.message}")
+        reason = failure_reason(ctx, "UninstallFailed", error)
+        retry_later(ctx, reason, f"uninstall failed ({error.kind}): {error.message}")
         return False
     ctx.status.failures = 0
     ctx.ready("Uninstalled", f"not installed ({why})")

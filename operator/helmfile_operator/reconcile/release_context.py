@@ -8,20 +8,30 @@ import datetime
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from helmfile_operator.api.models import (
     ApprovalMode,
     ChartReference,
+    ClusterStatus,
     HelmfileReleaseSpec,
     HelmfileReleaseStatus,
     HelmOptions,
     duration_seconds,
 )
+from helmfile_operator.clusters import DEFAULT_KEYS, KubeconfigError, RemoteCluster
 from helmfile_operator.helm import ReleaseInfo, latest_from_secrets
-from helmfile_operator.kube import RELEASES, Kube, merge_patch_between
+from helmfile_operator.kube import RELEASES, AccessDenied, Kube, merge_patch_between, secret_text
 from helmfile_operator.reconcile import conditions
-from helmfile_operator.reconcile.context import APPROVE, ObjectKey, Reconciler
+from helmfile_operator.reconcile.context import (
+    APPROVE,
+    ObjectKey,
+    Reconciler,
+    ReleaseTarget,
+    release_target,
+)
+from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.plan import PlanAction
 from helmfile_operator.sources import ChartSourceError
 
@@ -108,7 +118,10 @@ class ReleaseContext:
     storage_secrets: list[dict[str, Any]] | None = None  # Helm's storage as read this pass
     values_error: str | None = None  # why the final values could not be resolved
     access_error: str | None = None  # why Helm's storage could not be read as the tenant
+    cluster_error: KubeconfigError | None = None  # why spec.kubeConfig cannot be used
+    cluster_unreachable: str | None = None  # why the remote cluster did not answer
     requeue_after: float | None = None
+    cluster: RemoteCluster | None = None  # spec.kubeConfig's cluster (None: the operator's own)
     written: dict[str, Any] = field(default_factory=dict)  # the status as last read or written
 
     def __post_init__(self) -> None:
@@ -123,7 +136,11 @@ class ReleaseContext:
     @property
     def options(self) -> HelmOptions:
         options = self.spec.helm_options()
-        if self.spec.target_namespace == self.key.namespace and options.create_namespace:
+        if (
+            self.spec.kube_config is None
+            and self.spec.target_namespace == self.key.namespace
+            and options.create_namespace
+        ):
             # The object's own namespace exists; asking helm to create it would need a
             # cluster-wide permission a tenant does not have.
             options = options.model_copy(update={"create_namespace": False})
@@ -167,8 +184,85 @@ class ReleaseContext:
 
     @property
     def tenant_kube(self) -> Kube:
-        """The API as the tenant: reads of valuesFrom, repository Secrets and Helm's storage."""
+        """The API as the tenant, in this cluster: reads of valuesFrom, repository Secrets, the
+        kubeconfig Secret; writes of the plan Secret."""
         return self.reconciler.kube.impersonating(self.impersonate)
+
+    # --- the cluster the release is installed in ------------------------------------------------
+
+    @property
+    def target(self) -> ReleaseTarget:
+        return release_target(self.key.namespace, self.body.get("spec") or {})
+
+    @property
+    def target_identity(self) -> str | None:
+        """Who helm, Helm's storage reads and drift checks run as in the target cluster. In a
+        remote cluster the kubeconfig's own identity, unless the spec names a ServiceAccount
+        (impersonated there, in the object's namespace): the operator-wide default account is
+        an account of this cluster."""
+        if self.cluster is None:
+            return self.impersonate
+        return tenant_identity(self.key.namespace, self.spec.service_account_name, "")
+
+    @property
+    def target_kube(self) -> Kube:
+        """The target cluster's API as `target_identity`: Helm's storage, the chart's CRDs."""
+        kube = self.cluster.kube if self.cluster is not None else self.reconciler.kube
+        return kube.impersonating(self.target_identity)
+
+    @property
+    def drift_checker(self) -> DriftChecker | None:
+        return self.cluster.drift if self.cluster is not None else self.reconciler.drift
+
+    @property
+    def kubeconfig(self) -> Path | None:
+        """helm's kubeconfig (None: the operator's own cluster)."""
+        return self.cluster.kubeconfig if self.cluster is not None else None
+
+    async def connect(self) -> None:
+        """Read `spec.kubeConfig`'s Secret (as the tenant) and connect to its cluster; records
+        the cluster in the status. Raises KubeconfigError."""
+        reference = self.spec.kube_config
+        if reference is None:
+            self.cluster = self.status.cluster = None
+            return
+        pool = self.reconciler.clusters
+        ref = reference.secret_ref
+        where = f"spec.kubeConfig: Secret {self.key.namespace}/{ref.name}"
+        if pool is None:
+            raise KubeconfigError(
+                "KubeconfigUnsupported", f"{where}: this operator does not deploy to other clusters"
+            )
+        try:
+            secret = await self.tenant_kube.get_secret(self.key.namespace, ref.name)
+        except AccessDenied as error:
+            raise KubeconfigError("KubeconfigUnavailable", f"{where}: {error}") from None
+        if secret is None:
+            raise KubeconfigError(
+                "KubeconfigUnavailable",
+                f"{where} not found; create it with the workload cluster's kubeconfig "
+                "(docs/clusters.md)",
+                retryable=True,
+            )
+        keys = (ref.key,) if ref.key else DEFAULT_KEYS
+        try:
+            text = next((t for key in keys if (t := secret_text(secret, key)) is not None), None)
+        except ValueError as error:
+            raise KubeconfigError("InvalidKubeconfig", f"{where}: {error}") from None
+        if text is None:
+            raise KubeconfigError(
+                "KubeconfigUnavailable",
+                f"{where} has no key {' or '.join(repr(k) for k in keys)}; put the kubeconfig "
+                "there or set spec.kubeConfig.secretRef.key",
+                retryable=True,
+            )
+        kubeconfig = pool.parse(text, f"{where} key {ref.key or keys[0]!r}")
+        self.cluster = pool.connect(self.target[0], kubeconfig)
+        self.status.cluster = ClusterStatus(name=kubeconfig.name, server=kubeconfig.server)
+
+    def mark_cluster(self, reachable: bool) -> None:
+        if self.cluster is not None and self.reconciler.clusters is not None:
+            self.reconciler.clusters.mark(self.cluster, reachable)
 
     # --- conditions ---------------------------------------------------------------------------
 
@@ -218,9 +312,10 @@ class ReleaseContext:
             release=self.spec.release_name,
             namespace=self.spec.target_namespace,
             timeout_seconds=timeout_seconds or self.timeout_seconds,
-            impersonate=self.impersonate,
+            impersonate=self.target_identity,
             ignore_not_found=True,
             tenant=self.key.namespace,
+            kubeconfig=self.kubeconfig,
         )
 
     async def helm_rollback(self, revision: int | None, wait: bool) -> None:
@@ -231,20 +326,21 @@ class ReleaseContext:
             revision=revision,
             timeout_seconds=self.timeout_seconds,
             wait=wait,
-            impersonate=self.impersonate,
+            impersonate=self.target_identity,
             tenant=self.key.namespace,
+            kubeconfig=self.kubeconfig,
         )
 
     async def read_stored_release(self) -> ReleaseInfo | None:
         """The newest revision in Helm's storage, decoded (manifest included), read as the
         tenant; raises StorageDecodeError when it is not a Helm release."""
-        secrets = await self.tenant_kube.helm_storage(
+        secrets = await self.target_kube.helm_storage(
             self.spec.target_namespace, self.spec.release_name
         )
         return latest_from_secrets(secrets, release_name=self.spec.release_name)
 
     async def read_storage(self) -> Storage | None:
-        secrets = await self.tenant_kube.helm_storage(
+        secrets = await self.target_kube.helm_storage(
             self.spec.target_namespace, self.spec.release_name
         )
         self.storage_secrets = secrets  # a plan of this pass decodes its head from them

@@ -494,6 +494,7 @@ def _summarise(
                 chart_version=child_status.chart_version,
                 drifted=bool(drifted and drifted.status == "True"),
                 message=ready_condition.message if ready_condition else "",
+                cluster=child_status.cluster.name if child_status.cluster else None,
             )
         )
         if not spec.get("installed", True):

@@ -245,6 +245,8 @@ def render_state(
             values = merge_all([*release.values, *rendered])
         drift = release.drift_detection or spec.drift_detection
         approval = release.approval or spec.approval
+        # The most specific cluster wins: the release's, the environment's, the state's.
+        kube_config = release.kube_config or environment.kube_config or spec.kube_config
         release_spec = HelmfileReleaseSpec(
             release_name=release.name,
             target_namespace=namespaces[i],
@@ -259,6 +261,7 @@ def render_state(
             service_account_name=spec.service_account_name,
             drift_detection=drift.model_copy(deep=True) if drift is not None else None,
             approval=approval.model_copy() if approval is not None else None,
+            kube_config=kube_config.model_copy(deep=True) if kube_config is not None else None,
         )
         releases.append(
             RenderedRelease(

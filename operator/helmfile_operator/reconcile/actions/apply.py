@@ -82,12 +82,13 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
             chart=chart,
             values=ctx.values,
             options=ctx.options,
-            impersonate=ctx.impersonate,
+            impersonate=ctx.target_identity,
             credentials=credentials,
             ca_pem=ca_pem,
             redact=ctx.secret_strings,
             tenant=ctx.key.namespace,  # its own helm cache and its share of helm slots
             skip_crds=skip_crds,
+            kubeconfig=ctx.kubeconfig,
         )
     except HelmError as error:
         await _failed(ctx, verb, error, time.monotonic() - started, before)

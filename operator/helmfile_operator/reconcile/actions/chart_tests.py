@@ -35,8 +35,9 @@ async def run_chart_tests(ctx: ReleaseContext, verb: Literal["install", "upgrade
             release=ctx.spec.release_name,
             namespace=ctx.spec.target_namespace,
             timeout_seconds=min(duration_seconds(timeout), ctx.timeout_seconds),
-            impersonate=ctx.impersonate,
+            impersonate=ctx.target_identity,
             tenant=ctx.key.namespace,
+            kubeconfig=ctx.kubeconfig,
         )
     except HelmError as error:
         metrics.release_tests.labels("failure").inc()

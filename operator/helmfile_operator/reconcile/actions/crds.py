@@ -49,7 +49,7 @@ async def prepare_crds(
     except ValueError as error:
         raise HelmError(HelmErrorKind.RENDER_FAILED, "apply crds", str(error)) from None
     crds = [d for d in documents if d.get("kind") == "CustomResourceDefinition"]
-    kube = ctx.tenant_kube
+    kube = ctx.target_kube
     changed = []
     for crd in crds:
         name = str((crd.get("metadata") or {}).get("name", ""))

@@ -18,7 +18,7 @@ def drift_mode(ctx: ReleaseContext) -> DriftMode:
 async def _manifest(ctx: ReleaseContext) -> str | None:
     """The manifest of the deployed revision, decoded once per revision (cached)."""
     assert ctx.storage is not None
-    key = (ctx.spec.target_namespace, ctx.spec.release_name)
+    key = ctx.target
     cached = ctx.reconciler.manifests.get(key, ctx.storage.revision)
     if cached is not None:
         return cached
@@ -43,7 +43,7 @@ def _summary(report: DriftReport) -> str:
 
 async def detect_drift(ctx: ReleaseContext) -> None:
     mode = drift_mode(ctx)
-    checker = ctx.reconciler.drift
+    checker = ctx.drift_checker
     status = ctx.status
     if mode is DriftMode.DISABLED or checker is None or ctx.storage is None:
         if status.drift is not None or conditions.find(status.conditions, conditions.DRIFTED):
@@ -61,12 +61,13 @@ async def detect_drift(ctx: ReleaseContext) -> None:
     namespace = ctx.spec.target_namespace
     status.last_drift_check = conditions.now()
     try:
-        report = await checker.check(manifest, namespace, ignore, ctx.impersonate)
+        identity = ctx.target_identity
+        report = await checker.check(manifest, namespace, ignore, identity)
         if report.drifted:
             _record(ctx, report)
             if mode is DriftMode.CORRECT:
-                await checker.correct(manifest, ctx.spec.release_name, namespace, ctx.impersonate)
-                report = await checker.check(manifest, namespace, ignore, ctx.impersonate)
+                await checker.correct(manifest, ctx.spec.release_name, namespace, identity)
+                report = await checker.check(manifest, namespace, ignore, identity)
                 if not report.drifted:
                     ctx.reconciler.metrics.remediations.labels("drift-correction").inc()
                     status.drift = None

@@ -12,6 +12,7 @@ import base64
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from helmfile_operator.api.models import (
@@ -58,11 +59,12 @@ class PlanRequest:
     digest: str | None
     options: HelmOptions
     tenant: str  # the object's namespace: repository Secrets, helm's home and slots
-    impersonate: str | None
+    impersonate: str | None  # who the change runs as in the target cluster
     deployed_revision: int | None  # the head revision in Helm's storage (None: not installed)
     secret_strings: Sequence[str] = ()
     storage_secrets: Sequence[dict[str, Any]] | None = None  # Helm's storage, if read already
     secret_paths: Sequence[tuple[Any, ...]] = ()  # where Secret layers set values
+    kubeconfig: Path | None = None  # the target cluster (None: the one `kube` talks to)
 
 
 async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
@@ -82,15 +84,19 @@ async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
         digest=ctx.digest,
         options=ctx.options,
         tenant=ctx.key.namespace,
-        impersonate=ctx.impersonate,
+        impersonate=ctx.target_identity,
         deployed_revision=ctx.storage.revision if ctx.storage is not None else None,
         secret_strings=ctx.secret_strings,
         storage_secrets=ctx.storage_secrets,
         secret_paths=ctx.secret_paths,
+        kubeconfig=ctx.kubeconfig,
     )
-    reconciler = ctx.reconciler
     plan, diff = await compute_plan(
-        request, kube=ctx.tenant_kube, helm=reconciler.helm, drift=reconciler.drift
+        request,
+        kube=ctx.tenant_kube,
+        helm=ctx.reconciler.helm,
+        drift=ctx.drift_checker,
+        target_kube=ctx.target_kube,
     )
     stored, note = await _store_diff(ctx, plan.id, diff)
     plan.diff_secret = stored
@@ -100,13 +106,19 @@ async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
 
 
 async def compute_plan(
-    request: PlanRequest, *, kube: Kube, helm: HelmClient, drift: DriftChecker | None
+    request: PlanRequest,
+    *,
+    kube: Kube,
+    helm: HelmClient,
+    drift: DriftChecker | None,
+    target_kube: Kube | None = None,
 ) -> tuple[ReleasePlan, str]:
-    """The plan and its text diff (masked). `kube` reads Helm's storage and the repository's
-    Secrets, `drift` compares with the live objects: both as the identity the change runs as."""
+    """The plan and its text diff (masked). `kube` reads the repository's Secrets (as the
+    tenant), `target_kube` (default: `kube`) Helm's storage and `drift` compares with the live
+    objects, in the target cluster, as the identity the change runs as."""
     action, spec = request.action, request.spec
     deployed = (
-        await _deployed_release(kube, spec, request.storage_secrets)
+        await _deployed_release(target_kube or kube, spec, request.storage_secrets)
         if request.deployed_revision is not None
         else None
     )
@@ -188,6 +200,7 @@ async def _dry_run(request: PlanRequest, kube: Kube, helm: HelmClient) -> str:
         redact=request.secret_strings,
         tenant=request.tenant,
         dry_run=True,
+        kubeconfig=request.kubeconfig,
     )
     return result.manifest
 

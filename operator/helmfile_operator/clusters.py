@@ -1,0 +1,257 @@
+"""Remote clusters: a tenant's kubeconfig Secret, checked, and the connections built from it.
+
+A release with `spec.kubeConfig` runs helm, reads Helm's storage and checks drift in the cluster
+that kubeconfig names; its HelmfileRelease and status stay in the operator's own cluster.
+
+A kubeconfig is tenant data run by the operator, so it is checked before anything uses it:
+- one context only (its `current-context`) is kept: the rest of the file is never read again;
+- credentials must be inline (`token`, `client-certificate-data`, …): a file path
+  (`tokenFile`, `client-key`, `certificate-authority`) would read a file of the operator's pod
+  — its own ServiceAccount token — and send it to a server of the tenant's choosing;
+- `exec` and `auth-provider` plugins run a command of the tenant's choosing in the operator's
+  pod: refused unless the operator is started with `allow_kubeconfig_exec`.
+
+Connections (API client, drift checker, helm's `--kubeconfig` file) are cached by the digest of
+the checked kubeconfig: releases of one cluster share them, and a rotated Secret (a new digest)
+gets a new connection at the next pass, without a restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import config
+from kubernetes.client.configuration import Configuration
+
+from helmfile_operator import goyaml
+from helmfile_operator.helm.files import ensure_private_dir, write_private_file
+from helmfile_operator.kube import Kube
+from helmfile_operator.metrics import Metrics
+from helmfile_operator.reconcile.drift import DriftChecker
+
+DEFAULT_KEYS = ("value", "value.yaml")  # as Flux reads `kubeConfig.secretRef` without a key
+MAX_CLUSTERS = 64  # connections kept, least recently used first out
+_FILE_FIELDS = {
+    "cluster": ("certificate-authority",),
+    "user": ("tokenFile", "client-certificate", "client-key"),
+}
+_PLUGIN_FIELDS = ("exec", "auth-provider")
+KUBECONFIG_LIMITS = goyaml.Limits(max_chars=1024 * 1024, max_nodes=20_000, max_depth=32)
+
+
+class KubeconfigError(Exception):
+    """The kubeconfig cannot be used: `reason` is the condition reason, the message names the
+    Secret, the field and the fix (never a credential). `retryable`: it may appear or change by
+    itself (a Secret not created yet), else it is the tenant's to fix."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Kubeconfig:
+    """A checked kubeconfig reduced to its current context."""
+
+    name: str  # the cluster's name in the context
+    server: str
+    config: dict[str, Any] = field(repr=False)  # the reduced kubeconfig (holds credentials)
+    digest: str = ""  # sha256 of `config`: equal digests share one connection
+
+
+def parse_kubeconfig(text: str, where: str, *, allow_exec: bool = False) -> Kubeconfig:
+    """The current context of the kubeconfig `text` (read as kubectl reads YAML), checked as the
+    module docstring says. `where` names its source in messages. Raises KubeconfigError."""
+    try:
+        document = goyaml.load_values(text, where, KUBECONFIG_LIMITS)
+    except ValueError as error:
+        raise KubeconfigError("InvalidKubeconfig", f"{error}") from None
+    current = document.get("current-context")
+    if not isinstance(current, str) or not current:
+        raise KubeconfigError(
+            "InvalidKubeconfig",
+            f"{where} has no current-context; set the context to use "
+            "(`kubectl config use-context NAME --kubeconfig FILE`)",
+        )
+    context = _named(document, "contexts", "context", current, where)
+    cluster_name = context.get("cluster")
+    user_name = context.get("user")
+    if not isinstance(cluster_name, str) or not cluster_name:
+        raise KubeconfigError("InvalidKubeconfig", f"{where}: context {current!r} names no cluster")
+    cluster = _named(document, "clusters", "cluster", cluster_name, where)
+    server = cluster.get("server")
+    if not isinstance(server, str) or not server.startswith(("https://", "http://")):
+        raise KubeconfigError(
+            "InvalidKubeconfig",
+            f"{where}: cluster {cluster_name!r} has no server URL (`server: https://…`)",
+        )
+    user: dict[str, Any] = {}
+    if isinstance(user_name, str) and user_name:
+        user = _named(document, "users", "user", user_name, where)
+    _refuse_files("cluster", cluster_name, cluster, where)
+    _refuse_files("user", str(user_name), user, where)
+    plugins = [name for name in _PLUGIN_FIELDS if user.get(name)]
+    if plugins and not allow_exec:
+        raise KubeconfigError(
+            "KubeconfigExecRefused",
+            f"{where}: user {user_name!r} uses the `{plugins[0]}` plugin, which would run a "
+            "command in the operator's pod; use a token or client certificate (docs/clusters.md "
+            "shows a ServiceAccount token), or ask the cluster admin to start the operator with "
+            "--allow-kubeconfig-exec",
+        )
+    reduced: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": current,
+        "contexts": [{"name": current, "context": {"cluster": cluster_name, "user": "user"}}],
+        "clusters": [{"name": cluster_name, "cluster": cluster}],
+        "users": [{"name": "user", "user": user}],
+    }
+    digest = hashlib.sha256(json.dumps(reduced, sort_keys=True).encode()).hexdigest()
+    return Kubeconfig(name=cluster_name, server=server, config=reduced, digest=digest)
+
+
+def _named(
+    document: Mapping[str, Any], section: str, item: str, name: str, where: str
+) -> dict[str, Any]:
+    entries = document.get(section)
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and entry.get("name") == name:
+            body = entry.get(item)
+            if isinstance(body, dict):
+                return body
+            break
+    raise KubeconfigError(
+        "InvalidKubeconfig", f"{where}: {section} has no entry {name!r} (with a `{item}` map)"
+    )
+
+
+def _refuse_files(kind: str, name: str, body: Mapping[str, Any], where: str) -> None:
+    for key in _FILE_FIELDS[kind]:
+        if body.get(key):
+            inline = "token" if key == "tokenFile" else f"{key}-data"
+            raise KubeconfigError(
+                "InvalidKubeconfig",
+                f"{where}: {kind} {name!r} sets `{key}`, a file path, which would read a file of "
+                f"the operator's pod; put the content inline in `{inline}` instead",
+            )
+
+
+@dataclass
+class RemoteCluster:
+    """One remote cluster, as one kubeconfig reaches it."""
+
+    name: str
+    server: str
+    digest: str
+    kube: Kube  # the operator's connection to it; releases use `kube.impersonating(...)`
+    drift: DriftChecker
+    kubeconfig: Path  # for helm's KUBECONFIG (0600, in a private directory)
+    directory: Path  # the kubeconfig and the client's certificate files
+
+
+class ClusterPool:
+    """Connections to remote clusters, keyed by kubeconfig digest, at most `max_clusters`
+    (least recently used first out). Files live under `directory` (private, removed on close)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        allow_exec: bool = False,
+        metrics: Metrics | None = None,
+        max_clusters: int = MAX_CLUSTERS,
+    ) -> None:
+        self.directory = directory
+        self.allow_exec = allow_exec
+        self.metrics = metrics
+        self.max_clusters = max_clusters
+        self._clusters: collections.OrderedDict[str, RemoteCluster] = collections.OrderedDict()
+        self._digest_of: dict[str, str] = {}  # Secret reference → digest it held last
+
+    def __len__(self) -> int:
+        return len(self._clusters)
+
+    def parse(self, text: str, where: str) -> Kubeconfig:
+        return parse_kubeconfig(text, where, allow_exec=self.allow_exec)
+
+    def connect(self, reference: str, kubeconfig: Kubeconfig) -> RemoteCluster:
+        """The connection for `kubeconfig`, read from the Secret `reference` names (a new one
+        when the Secret changed; the old one goes once no other Secret holds it)."""
+        previous = self._digest_of.get(reference)
+        self._digest_of[reference] = kubeconfig.digest
+        if previous not in (None, kubeconfig.digest, *self._digest_of.values()):
+            self._evict(str(previous))
+        cluster = self._clusters.get(kubeconfig.digest)
+        if cluster is None:
+            cluster = self._clusters[kubeconfig.digest] = self._open(kubeconfig)
+            while len(self._clusters) > self.max_clusters:
+                self._evict(next(iter(self._clusters)))
+        self._clusters.move_to_end(kubeconfig.digest)
+        return cluster
+
+    def mark(self, cluster: RemoteCluster, reachable: bool) -> None:
+        """Record whether the cluster answered (the `cluster_reachable` metric)."""
+        if self.metrics is not None:
+            self.metrics.cluster_reachable.labels(cluster.name, cluster.server).set(
+                1 if reachable else 0
+            )
+
+    def close(self) -> None:
+        for digest in list(self._clusters):
+            self._evict(digest)
+
+    def _open(self, kubeconfig: Kubeconfig) -> RemoteCluster:
+        directory = ensure_private_dir(ensure_private_dir(self.directory) / kubeconfig.digest[:32])
+        (directory / "kubeconfig").unlink(missing_ok=True)
+        path = write_private_file(directory / "kubeconfig", json.dumps(kubeconfig.config))
+        configuration = Configuration()
+        try:
+            # Certificate data goes into files of the client's own: in our private directory.
+            config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+                kubeconfig.config,
+                client_configuration=configuration,
+                persist_config=False,
+                temp_file_path=str(directory),
+            )
+        except (config.ConfigException, ValueError, TypeError) as error:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise KubeconfigError(
+                "InvalidKubeconfig", f"kubeconfig of cluster {kubeconfig.name!r}: {error}"
+            ) from None
+        configuration.connection_pool_maxsize = 16
+        kube = Kube.from_configuration(configuration)
+        return RemoteCluster(
+            name=kubeconfig.name,
+            server=kubeconfig.server,
+            digest=kubeconfig.digest,
+            kube=kube,
+            drift=DriftChecker(configuration),
+            kubeconfig=path,
+            directory=directory,
+        )
+
+    def _evict(self, digest: str) -> None:
+        cluster = self._clusters.pop(digest, None)
+        if cluster is None:
+            return
+        for reference in [r for r, d in self._digest_of.items() if d == digest]:
+            del self._digest_of[reference]
+        if self.metrics is not None and not any(
+            c.name == cluster.name and c.server == cluster.server for c in self._clusters.values()
+        ):
+            with contextlib.suppress(KeyError):
+                self.metrics.cluster_reachable.remove(cluster.name, cluster.server)
+        with contextlib.suppress(Exception):  # closing a pool never fails a pass
+            cluster.kube.api_client.close()  # type: ignore[no-untyped-call]
+        shutil.rmtree(cluster.directory, ignore_errors=True)
