@@ -71,6 +71,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Nothing listens on `port` (connections in TIME_WAIT do not count: servers rebind)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -286,7 +297,7 @@ class Testbed:
         for directory in (self.pki, self.logs, self.run_dir, self.root / "etcd"):
             directory.mkdir(parents=True, exist_ok=True)
         self._write_pki()
-        ports = {"etcd": free_port(), "etcd_peer": free_port(), "apiserver": free_port()}
+        ports = self._ports()
         self.ports_file().write_text(json.dumps(ports))
         self._write_kubeconfig(ports["apiserver"])
 
@@ -390,6 +401,18 @@ class Testbed:
             "default ServiceAccount missing",
             "kube-controller-manager",
         )
+
+    def _ports(self) -> dict[str, int]:
+        """The ports of the last start when they are free again (a restarted API server keeps
+        its URL: kubeconfigs that name it stay valid), else new ones."""
+        try:
+            recorded = json.loads(self.ports_file().read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        names = ("etcd", "etcd_peer", "apiserver")
+        if all(isinstance(recorded.get(n), int) and port_free(recorded[n]) for n in names):
+            return {n: int(recorded[n]) for n in names}
+        return {n: free_port() for n in names}
 
     # -- down -----------------------------------------------------------------------------------
 

@@ -114,6 +114,69 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         bed.destroy()
 
 
+@dataclass
+class WorkloadCluster(Cluster):
+    """A second, independent control plane (a remote cluster of `spec.kubeConfig`)."""
+
+    bed: testbed_module.Testbed
+
+    def stop_api_server(self) -> None:
+        """Kill the API server (the rest of the control plane stays up, unanswered)."""
+        pid = self.bed.running_pid("kube-apiserver")
+        assert pid is not None, "the workload cluster's API server is not running"
+        os.kill(pid, signal.SIGKILL)  # an outage, not a drain
+        wait_until(lambda: self.bed.running_pid("kube-apiserver") is None, 30, "API server stop")
+
+    def restart(self) -> None:
+        """Start what was stopped, on the same ports (kubeconfigs naming it stay valid)."""
+        server = self.server
+        self.bed.up()
+        assert self.server == server, "the restarted API server moved to another port"
+
+    @property
+    def server(self) -> str:
+        config = json.loads(self.kubeconfig.read_text())
+        return str(config["clusters"][0]["cluster"]["server"])
+
+    def service_account_kubeconfig(self, name: str = "workload") -> dict[str, Any]:
+        """A kubeconfig of a ServiceAccount of this cluster (cluster-admin here), with a token
+        from the TokenRequest API and the CA inline: what docs/clusters.md tells users to make."""
+        self.run("kubectl", "create", "namespace", "hfo-remote", check=False)
+        self.run("kubectl", "create", "serviceaccount", "deployer", "-n", "hfo-remote", check=False)
+        self.run(
+            "kubectl", "create", "clusterrolebinding", "hfo-remote-deployer",
+            "--clusterrole=cluster-admin", "--serviceaccount=hfo-remote:deployer", check=False,
+        )  # fmt: skip
+        token = self.run(
+            "kubectl", "create", "token", "deployer", "-n", "hfo-remote", "--duration=24h"
+        ).stdout.strip()
+        ca = json.loads(self.kubeconfig.read_text())["clusters"][0]["cluster"][
+            "certificate-authority-data"
+        ]
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": name, "cluster": {"server": self.server, "certificate-authority-data": ca}}
+            ],
+            "users": [{"name": "deployer", "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": "deployer"}}],
+            "current-context": name,
+        }
+
+
+@pytest.fixture(scope="module")
+def workload_cluster(cluster: Cluster) -> Iterator[WorkloadCluster]:
+    """A second control plane for the tests of one module, destroyed after them."""
+    bed = testbed_module.Testbed(Path(tempfile.mkdtemp(prefix="hfo-workload-")))
+    try:
+        bed.up()
+        env = {**cluster.env, "KUBECONFIG": str(bed.kubeconfig)}
+        yield WorkloadCluster(bed.kubeconfig, cluster.bin_dir, env, bed)
+    finally:
+        bed.destroy()
+
+
 @pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace per test, deleted afterwards (without waiting for finalization)."""
