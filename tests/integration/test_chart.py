@@ -195,9 +195,7 @@ def test_helm_admin_binds_cluster_admin_only_when_asked(cluster: Cluster) -> Non
 
 
 def _default_account(objects: list[dict[str, Any]]) -> str:
-    (container,) = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    return str(env["HELMFILE_OPERATOR_DEFAULT_SERVICE_ACCOUNT"])
+    return str(_env(objects)["HELMFILE_OPERATOR_DEFAULT_SERVICE_ACCOUNT"])
 
 
 def test_states_without_a_service_account_run_as_the_default_one(cluster: Cluster) -> None:
@@ -205,6 +203,17 @@ def test_states_without_a_service_account_run_as_the_default_one(cluster: Cluste
     assert _default_account(render(cluster, "--set=defaultServiceAccount=deployer")) == "deployer"
     # helmAdmin is the explicit single-tenant opt-in: the operator's own identity.
     assert _default_account(render(cluster, "--set=rbac.helmAdmin=true")) == ""
+
+
+def _env(objects: list[dict[str, Any]]) -> dict[str, str | None]:
+    (container,) = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_kubeconfig_exec_plugins_stay_refused_unless_asked(cluster: Cluster) -> None:
+    assert _env(render(cluster))["HELMFILE_OPERATOR_ALLOW_KUBECONFIG_EXEC"] == "false"
+    allowed = _env(render(cluster, "--set=allowKubeconfigExec=true"))
+    assert allowed["HELMFILE_OPERATOR_ALLOW_KUBECONFIG_EXEC"] == "true"
 
 
 def test_image_tag_defaults_to_app_version_and_digest_wins(cluster: Cluster) -> None:
