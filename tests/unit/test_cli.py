@@ -216,3 +216,6 @@ def test_a_release_line_says_what_is_not_ready_and_why() -> None:
 
     child["metadata"]["generation"] = 3  # a spec the operator has not seen yet
     assert "observing" in _release_line(child).plain
+
+    child["status"]["cluster"] = {"name": "prod-eu", "server": "https://prod.example.com"}
+    assert "→ cluster prod-eu" in _release_line(child).plain.splitlines()[0]

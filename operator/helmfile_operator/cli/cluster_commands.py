@@ -68,6 +68,9 @@ def _release_line(child: dict[str, Any]) -> Text:
         f"  {status.get('chartName') or spec.get('chart', {}).get('name', '')}"
         f" {status.get('chartVersion') or spec.get('chart', {}).get('version') or ''}",
     )
+    cluster = status.get("cluster") or {}
+    if cluster.get("name"):
+        line.append(f"  → cluster {cluster['name']}", style="cyan")
     drifted = condition(child, "Drifted")
     if drifted is not None and drifted.get("status") == "True":
         line.append("  drifted", style="yellow")
@@ -104,6 +107,7 @@ def _state_summary(state: dict[str, Any], children: list[dict[str, Any]]) -> dic
                 "chartVersion": (child.get("status") or {}).get("chartVersion"),
                 "drifted": (condition(child, "Drifted") or {}).get("status") == "True",
                 "plan": (child.get("status") or {}).get("plan"),
+                "cluster": ((child.get("status") or {}).get("cluster") or {}).get("name"),
             }
             for child in children
         ],
