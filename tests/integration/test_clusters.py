@@ -18,6 +18,7 @@ from testbed_fixtures import (
     WorkloadCluster,
     apply,
     condition,
+    example_state,
     helm_releases,
     state_ready_at_generation,
     wait_until,
@@ -268,3 +269,28 @@ def test_an_exec_plugin_kubeconfig_is_refused_and_a_rotated_secret_is_used(
     )
     assert helm_releases(workload_cluster, namespace)["app"]["status"] == "deployed"
     cluster.run("kubectl", "delete", "hfs", "stack", "-n", namespace)
+
+
+def test_the_multi_cluster_ml_example_deploys_prod_into_its_cluster(
+    cluster: Cluster,
+    workload_cluster: WorkloadCluster,
+    chart_repo: ChartRepo,
+    operator: OperatorProcess,
+    namespace: str,
+) -> None:
+    state = example_state("ml-serving-prod", namespace, chart_repo.url, "ml-serving-multicluster")
+    secret = state["spec"]["environments"]["prod"]["kubeConfig"]["secretRef"]["name"]
+    _kubeconfig_secret(cluster, namespace, workload_cluster.service_account_kubeconfig(), secret)
+    apply(cluster, state)
+    wait_until(
+        lambda: state_ready_at_generation(cluster, namespace, "ml-serving-prod"), 300, "Ready"
+    )
+    remote = helm_releases(workload_cluster, namespace)
+    expected = {release["name"] for release in state["spec"]["releases"]}
+    assert set(remote) == expected
+    assert all(r["status"] == "deployed" for r in remote.values())
+    assert helm_releases(cluster, namespace) == {}
+    status = cluster.kubectl_json("get", "hfs", "ml-serving-prod", "-n", namespace)["status"]
+    assert {s["cluster"] for s in status["releases"]} == {"workload"}
+    cluster.run("kubectl", "delete", "hfs", "ml-serving-prod", "-n", namespace, "--timeout=180s")
+    assert helm_releases(workload_cluster, namespace) == {}
