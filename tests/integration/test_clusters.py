@@ -294,3 +294,103 @@ def test_the_multi_cluster_ml_example_deploys_prod_into_its_cluster(
     assert {s["cluster"] for s in status["releases"]} == {"workload"}
     cluster.run("kubectl", "delete", "hfs", "ml-serving-prod", "-n", namespace, "--timeout=180s")
     assert helm_releases(workload_cluster, namespace) == {}
+
+
+def test_deleting_while_the_cluster_is_down_waits_for_it_unless_kept(
+    cluster: Cluster,
+    workload_cluster: WorkloadCluster,
+    chart_repo: ChartRepo,
+    operator: OperatorProcess,
+    namespace: str,
+) -> None:
+    _kubeconfig_secret(cluster, namespace, workload_cluster.service_account_kubeconfig())
+    kept = _state(
+        namespace, chart_repo.url, [_release("kept")], kubeConfig=KUBE_CONFIG, deletionPolicy="Keep"
+    )
+    kept["metadata"]["name"] = "kept"
+    removed = _state(namespace, chart_repo.url, [_release("removed")], kubeConfig=KUBE_CONFIG)
+    apply(cluster, kept)
+    apply(cluster, removed)
+    for name in ("kept", "stack"):
+        wait_until(lambda n=name: state_ready_at_generation(cluster, namespace, n), 180, name)
+
+    try:
+        workload_cluster.stop_api_server()
+        cluster.run("kubectl", "delete", "hfs", "kept", "stack", "-n", namespace, "--wait=false")
+        # Keep: let go without contacting the cluster.
+        wait_until(
+            lambda: (
+                not cluster.run(
+                    "kubectl", "get", "hfr", "kept-kept", "-n", namespace, check=False
+                ).stdout
+            ),
+            60,
+            "the kept release let go",
+        )
+        # Uninstall: the HelmfileRelease stays and says why.
+        wait_until(
+            lambda: (
+                _ready_reason(cluster, namespace, "stack-removed") == "False/ClusterUnreachable"
+            ),
+            90,
+            "ClusterUnreachable while deleting",
+        )
+        ready = condition(_hfr(cluster, namespace, "stack-removed"), "Ready") or {}
+        assert "uninstall failed" in ready["message"]
+    finally:
+        workload_cluster.restart()
+    wait_until(
+        lambda: not cluster.kubectl_json("get", "hfr", "-n", namespace)["items"],
+        120,
+        "uninstalled once the cluster is back",
+    )
+    assert set(helm_releases(workload_cluster, namespace)) == {"kept"}
+
+
+def test_a_named_service_account_is_impersonated_in_the_workload_cluster(
+    cluster: Cluster,
+    workload_cluster: WorkloadCluster,
+    chart_repo: ChartRepo,
+    operator: OperatorProcess,
+    namespace: str,
+) -> None:
+    _kubeconfig_secret(cluster, namespace, workload_cluster.service_account_kubeconfig())
+    # In this cluster, the account reads the kubeconfig Secret (tenant reads are its own).
+    cluster.run("kubectl", "-n", namespace, "create", "serviceaccount", "deployer")
+    cluster.run(
+        "kubectl", "-n", namespace, "create", "rolebinding", "deployer-admin",
+        "--clusterrole=admin", f"--serviceaccount={namespace}:deployer",
+    )  # fmt: skip
+    # In the workload cluster the account exists, in a namespace of the same name, with no rights.
+    workload_cluster.run("kubectl", "create", "namespace", namespace)
+    workload_cluster.run("kubectl", "-n", namespace, "create", "serviceaccount", "deployer")
+    state = _state(
+        namespace,
+        chart_repo.url,
+        [_release("app")],
+        kubeConfig=KUBE_CONFIG,
+        serviceAccountName="deployer",
+        # The namespace exists; creating one is beyond a namespace admin.
+        helmDefaults={"wait": False, "retries": 0, "createNamespace": False},
+    )
+    apply(cluster, state)
+    account = f"system:serviceaccount:{namespace}:deployer"
+    wait_until(
+        lambda: account in ((condition(_hfr(cluster, namespace, "stack-app"), "Ready") or {})
+                            .get("message") or ""),
+        90,
+        "forbidden for the impersonated account",
+    )  # fmt: skip
+    assert not helm_releases(workload_cluster, namespace)
+
+    workload_cluster.run(
+        "kubectl", "-n", namespace, "create", "rolebinding", "deployer-admin",
+        "--clusterrole=admin", f"--serviceaccount={namespace}:deployer",
+    )  # fmt: skip
+    cluster.run(
+        "kubectl", "annotate", "hfr", "stack-app", "-n", namespace,
+        f"{RECONCILE_REQUEST}={time.time()}", "--overwrite",
+    )  # fmt: skip
+    wait_until(lambda: state_ready_at_generation(cluster, namespace, "stack"), 120, "Ready")
+    assert helm_releases(workload_cluster, namespace)["app"]["status"] == "deployed"
+    cluster.run("kubectl", "delete", "hfs", "stack", "-n", namespace)
