@@ -10,6 +10,8 @@ import time
 import uuid
 from typing import Any
 
+import pytest
+
 from helmfile_operator.reconcile.context import RECONCILE_REQUEST
 from testbed_fixtures import (
     ChartRepo,
@@ -65,6 +67,23 @@ def _release(name: str, **fields: Any) -> dict[str, Any]:
 KUBE_CONFIG = {"secretRef": {"name": SECRET}}
 
 
+@pytest.fixture
+def workload_kubeconfig(
+    cluster: Cluster, workload_cluster: WorkloadCluster, namespace: str
+) -> dict[str, Any]:
+    """The workload cluster's ServiceAccount kubeconfig, stored as the Secret KUBE_CONFIG names."""
+    kubeconfig = workload_cluster.service_account_kubeconfig()
+    _kubeconfig_secret(cluster, namespace, kubeconfig)
+    return kubeconfig
+
+
+def _request_reconcile(cluster: Cluster, namespace: str, name: str) -> None:
+    cluster.run(
+        "kubectl", "annotate", "hfr", name, "-n", namespace,
+        f"{RECONCILE_REQUEST}={time.time()}", "--overwrite",
+    )  # fmt: skip
+
+
 def _hfr(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     body: dict[str, Any] = cluster.kubectl_json("get", "hfr", name, "-n", namespace)
     return body
@@ -81,9 +100,9 @@ def test_an_environment_deploys_into_its_own_cluster_with_status_and_drift_here(
     chart_repo: ChartRepo,
     operator: OperatorProcess,
     namespace: str,
+    workload_kubeconfig: dict[str, Any],
 ) -> None:
-    kubeconfig = workload_cluster.service_account_kubeconfig()
-    _kubeconfig_secret(cluster, namespace, kubeconfig)
+    kubeconfig = workload_kubeconfig
     state = _state(
         namespace,
         chart_repo.url,
@@ -147,8 +166,8 @@ def test_needs_across_clusters_wait_for_the_release_in_the_other_cluster(
     chart_repo: ChartRepo,
     operator: OperatorProcess,
     namespace: str,
+    workload_kubeconfig: dict[str, Any],
 ) -> None:
-    _kubeconfig_secret(cluster, namespace, workload_cluster.service_account_kubeconfig())
     state = _state(
         namespace,
         chart_repo.url,
@@ -173,8 +192,8 @@ def test_an_unreachable_cluster_is_reported_retried_and_leaves_other_releases_al
     chart_repo: ChartRepo,
     operator: OperatorProcess,
     namespace: str,
+    workload_kubeconfig: dict[str, Any],
 ) -> None:
-    _kubeconfig_secret(cluster, namespace, workload_cluster.service_account_kubeconfig())
     remote = _state(namespace, chart_repo.url, [_release("app")], kubeConfig=KUBE_CONFIG)
     apply(cluster, remote)
     wait_until(lambda: state_ready_at_generation(cluster, namespace, "stack"), 180, "state Ready")
@@ -260,10 +279,7 @@ def test_an_exec_plugin_kubeconfig_is_refused_and_a_rotated_secret_is_used(
 
     # The Secret is fixed (rotated): the next pass uses it, no restart.
     _kubeconfig_secret(cluster, namespace, good)
-    cluster.run(
-        "kubectl", "annotate", "hfr", "stack-app", "-n", namespace,
-        f"{RECONCILE_REQUEST}={time.time()}", "--overwrite",
-    )  # fmt: skip
+    _request_reconcile(cluster, namespace, "stack-app")
     wait_until(
         lambda: _ready_reason(cluster, namespace, "stack-app").startswith("True/"), 120, "Ready"
     )
@@ -302,8 +318,8 @@ def test_deleting_while_the_cluster_is_down_waits_for_it_unless_kept(
     chart_repo: ChartRepo,
     operator: OperatorProcess,
     namespace: str,
+    workload_kubeconfig: dict[str, Any],
 ) -> None:
-    _kubeconfig_secret(cluster, namespace, workload_cluster.service_account_kubeconfig())
     kept = _state(
         namespace, chart_repo.url, [_release("kept")], kubeConfig=KUBE_CONFIG, deletionPolicy="Keep"
     )
@@ -353,8 +369,8 @@ def test_a_named_service_account_is_impersonated_in_the_workload_cluster(
     chart_repo: ChartRepo,
     operator: OperatorProcess,
     namespace: str,
+    workload_kubeconfig: dict[str, Any],
 ) -> None:
-    _kubeconfig_secret(cluster, namespace, workload_cluster.service_account_kubeconfig())
     # In this cluster, the account reads the kubeconfig Secret (tenant reads are its own).
     cluster.run("kubectl", "-n", namespace, "create", "serviceaccount", "deployer")
     cluster.run(
@@ -387,10 +403,7 @@ def test_a_named_service_account_is_impersonated_in_the_workload_cluster(
         "kubectl", "-n", namespace, "create", "rolebinding", "deployer-admin",
         "--clusterrole=admin", f"--serviceaccount={namespace}:deployer",
     )  # fmt: skip
-    cluster.run(
-        "kubectl", "annotate", "hfr", "stack-app", "-n", namespace,
-        f"{RECONCILE_REQUEST}={time.time()}", "--overwrite",
-    )  # fmt: skip
+    _request_reconcile(cluster, namespace, "stack-app")
     wait_until(lambda: state_ready_at_generation(cluster, namespace, "stack"), 120, "Ready")
     assert helm_releases(workload_cluster, namespace)["app"]["status"] == "deployed"
     cluster.run("kubectl", "delete", "hfs", "stack", "-n", namespace)
