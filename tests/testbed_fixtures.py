@@ -469,6 +469,19 @@ def wait_for_condition(
     )  # fmt: skip
 
 
+CLI = str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator")
+
+
+def hfo(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The `helmfile-operator` command against `cluster`, with the user's (admin) credentials."""
+    result = subprocess.run(
+        [CLI, *args], env=cluster.env, capture_output=True, text=True, timeout=600, check=False
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+    return result
+
+
 def wait_until(predicate: Any, timeout: float = 120, message: str = "condition") -> Any:
     """Poll a test-side predicate (the operator itself never polls)."""
     deadline = time.monotonic() + timeout

@@ -26,14 +26,15 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import config
 from kubernetes.client.configuration import Configuration
 
 from helmfile_operator import goyaml
+from helmfile_operator.api.models import KubeConfigReference
 from helmfile_operator.helm.files import ensure_private_dir, write_private_file
-from helmfile_operator.kube import Kube
+from helmfile_operator.kube import AccessDenied, Kube, secret_text
 from helmfile_operator.metrics import Metrics
 from helmfile_operator.reconcile.drift import DriftChecker
 
@@ -121,6 +122,43 @@ def parse_kubeconfig(text: str, where: str, *, allow_exec: bool = False) -> Kube
     return Kubeconfig(name=cluster_name, server=server, config=reduced, digest=digest)
 
 
+class SecretSource(Protocol):
+    async def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+
+async def read_kubeconfig(
+    kube: SecretSource, namespace: str, reference: KubeConfigReference, *, allow_exec: bool
+) -> Kubeconfig:
+    """The checked kubeconfig of `reference`'s Secret in `namespace`, read through `kube` (the
+    tenant's identity in the operator, the user's in the CLI). Raises KubeconfigError."""
+    ref = reference.secret_ref
+    where = f"spec.kubeConfig: Secret {namespace}/{ref.name}"
+    try:
+        secret = await kube.get_secret(namespace, ref.name)
+    except AccessDenied as error:
+        raise KubeconfigError("KubeconfigUnavailable", f"{where}: {error}") from None
+    if secret is None:
+        raise KubeconfigError(
+            "KubeconfigUnavailable",
+            f"{where} not found; create it with the workload cluster's kubeconfig "
+            "(docs/clusters.md)",
+            retryable=True,
+        )
+    keys = (ref.key,) if ref.key else DEFAULT_KEYS
+    try:
+        text = next((t for key in keys if (t := secret_text(secret, key)) is not None), None)
+    except ValueError as error:
+        raise KubeconfigError("InvalidKubeconfig", f"{where}: {error}") from None
+    if text is None:
+        raise KubeconfigError(
+            "KubeconfigUnavailable",
+            f"{where} has no key {' or '.join(repr(k) for k in keys)}; put the kubeconfig "
+            "there or set spec.kubeConfig.secretRef.key",
+            retryable=True,
+        )
+    return parse_kubeconfig(text, f"{where} key {ref.key or keys[0]!r}", allow_exec=allow_exec)
+
+
 def _named(
     document: Mapping[str, Any], section: str, item: str, name: str, where: str
 ) -> dict[str, Any]:
@@ -182,8 +220,10 @@ class ClusterPool:
     def __len__(self) -> int:
         return len(self._clusters)
 
-    def parse(self, text: str, where: str) -> Kubeconfig:
-        return parse_kubeconfig(text, where, allow_exec=self.allow_exec)
+    async def read(
+        self, kube: SecretSource, namespace: str, reference: KubeConfigReference
+    ) -> Kubeconfig:
+        return await read_kubeconfig(kube, namespace, reference, allow_exec=self.allow_exec)
 
     def connect(self, reference: str, kubeconfig: Kubeconfig) -> RemoteCluster:
         """The connection for `kubeconfig`, read from the Secret `reference` names (a new one

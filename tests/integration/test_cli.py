@@ -11,26 +11,16 @@ from typing import Any
 import yaml
 
 from testbed_fixtures import (
-    REPO_ROOT,
+    CLI,
     ChartRepo,
     Cluster,
     OperatorProcess,
     apply,
     condition,
     helm_releases,
+    hfo,
     wait_until,
 )
-
-CLI = str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator")
-
-
-def hfo(cluster: Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [CLI, *args], env=cluster.env, capture_output=True, text=True, timeout=600, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} exited {result.returncode}:\n{result.stdout}{result.stderr}")
-    return result
 
 
 def _state(namespace: str, repo_url: str, replicas: int = 1, **spec: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from testbed_fixtures import (
     condition,
     example_state,
     helm_releases,
+    hfo,
     state_ready_at_generation,
     wait_until,
 )
@@ -167,6 +169,7 @@ def test_needs_across_clusters_wait_for_the_release_in_the_other_cluster(
     operator: OperatorProcess,
     namespace: str,
     workload_kubeconfig: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     state = _state(
         namespace,
@@ -182,6 +185,21 @@ def test_needs_across_clusters_wait_for_the_release_in_the_other_cluster(
     assert "cluster" not in db["status"]
     assert api["status"]["cluster"]["name"] == "workload"
     assert db["status"]["lastAppliedTime"] <= api["status"]["lastAppliedTime"]
+
+    # `plan -f`, with the user's credentials: the remote release is planned in its cluster.
+    state_file = tmp_path / "state.yaml"
+    state_file.write_text(json.dumps(state))
+    unchanged = hfo(cluster, "plan", "-f", str(state_file), check=False)
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+    assert "stack-api  unchanged" in unchanged.stdout
+    state["spec"]["releases"][1]["set"] = [{"name": "message", "value": "planned"}]
+    state_file.write_text(json.dumps(state))
+    planned = hfo(cluster, "diff", "-f", str(state_file), check=False)
+    assert planned.returncode == 2, planned.stdout + planned.stderr
+    assert "stack-db  unchanged" in planned.stdout
+    assert "update  ConfigMap" in planned.stdout and "/data/message" in planned.stdout
+    assert helm_releases(workload_cluster, namespace)["api"]["revision"] == "1"
+
     cluster.run("kubectl", "delete", "hfs", "stack", "-n", namespace)
     assert not helm_releases(workload_cluster, namespace)
 

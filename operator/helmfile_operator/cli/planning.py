@@ -1,12 +1,15 @@
 """`plan -f FILE` / `diff -f FILE`: a state file rendered by the operator's own code, each of
 its releases planned against the cluster as the operator would plan it — helm's server dry run,
-a server-side-apply dry run per object — but with the user's own credentials. Nothing is
-written to the cluster."""
+a server-side-apply dry run per object — but with the user's own credentials. A release with
+`kubeConfig` is planned in its cluster, through the kubeconfig Secret the user may read (checked
+as the operator checks it: no exec plugins, no file paths). Nothing is written to any cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from rich.console import Console
 from helmfile_operator.api.models import ChartReference
 from helmfile_operator.cli.cluster import connect
 from helmfile_operator.cli.offline import FileObjects, render_states
+from helmfile_operator.clusters import ClusterPool, KubeconfigError
 from helmfile_operator.helm import HelmClient, HelmError
 from helmfile_operator.kube import RELEASES, Kube
 from helmfile_operator.reconcile.actions.plan import PlanRequest, compute_plan
@@ -25,7 +29,7 @@ from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.reconcile.plan import PlanAction
 from helmfile_operator.reconcile.release_context import Storage
 from helmfile_operator.reconcile.values import ValuesSourceError, final_values, source_access
-from helmfile_operator.render.state import RenderedRelease
+from helmfile_operator.render.state import RenderedRelease, RenderedState
 from helmfile_operator.render.values import values_digest
 from helmfile_operator.sources import ChartSourceError, VersionResolver, is_exact
 
@@ -48,7 +52,46 @@ def plan_files(
     source = _Layered(objects, kube)
     rendered = render_states(objects, environment, namespace, source=source)
     helm = HelmClient("helm")
-    drift = DriftChecker(kube.api_client.configuration)
+    local = _Target(kube, DriftChecker(kube.api_client.configuration), None)
+    with tempfile.TemporaryDirectory(prefix="hfo-clusters-") as directory:
+        pool = ClusterPool(Path(directory))
+        try:
+            return _plan_states(rendered, kube, helm, local, pool, console, with_diff, printer)
+        finally:
+            pool.close()
+
+
+@dataclass(frozen=True)
+class _Target:
+    """The cluster a release is planned in: its API (Helm's storage), drift checker and helm's
+    kubeconfig (None: the user's current cluster)."""
+
+    kube: Kube
+    drift: DriftChecker
+    kubeconfig: Path | None
+
+
+async def _target(
+    kube: Kube, pool: ClusterPool, local: _Target, namespace: str, release: RenderedRelease
+) -> _Target:
+    reference = release.spec.kube_config
+    if reference is None:
+        return local
+    kubeconfig = await pool.read(kube, namespace, reference)
+    remote = pool.connect(f"{namespace}/{reference.secret_ref.name}", kubeconfig)
+    return _Target(remote.kube, remote.drift, remote.kubeconfig)
+
+
+def _plan_states(
+    rendered: list[tuple[dict[str, Any], RenderedState]],
+    kube: Kube,
+    helm: HelmClient,
+    local: _Target,
+    pool: ClusterPool,
+    console: Console,
+    with_diff: bool,
+    printer: Printer,
+) -> int:
     changes = 0
     for body, state in rendered:
         state_namespace = body["metadata"]["namespace"]
@@ -60,9 +103,12 @@ def plan_files(
         by_name = {child["metadata"]["name"]: child for child in live}
         for release in state.releases:
             try:
+                target = asyncio.run(_target(kube, pool, local, state_namespace, release))
                 plan, diff = asyncio.run(
-                    _plan_release(kube, helm, drift, state_namespace, release, by_name)
+                    _plan_release(kube, helm, target, state_namespace, release, by_name)
                 )
+            except KubeconfigError as error:
+                raise click.ClickException(f"{release.resource_name}: {error.message}") from None
             except (ValuesSourceError, ChartSourceError) as error:
                 raise click.ClickException(f"{release.resource_name}: {error}") from None
             except HelmError as error:
@@ -97,7 +143,7 @@ class _Layered:
 async def _plan_release(
     kube: Kube,
     helm: HelmClient,
-    drift: DriftChecker,
+    target: _Target,
     namespace: str,
     release: RenderedRelease,
     live: dict[str, dict[str, Any]],
@@ -106,7 +152,8 @@ async def _plan_release(
     spec = release.spec
     status = (live.get(release.resource_name) or {}).get("status") or {}
     storage = Storage.from_secrets(
-        await kube.helm_storage(spec.target_namespace, spec.release_name), spec.release_name
+        await target.kube.helm_storage(spec.target_namespace, spec.release_name),
+        spec.release_name,
     )
     action: PlanAction
     values: dict[str, Any] | None = None
@@ -149,8 +196,11 @@ async def _plan_release(
         deployed_revision=storage.revision if storage is not None else None,
         secret_strings=secrets,
         secret_paths=secret_paths,
+        kubeconfig=target.kubeconfig,
     )
-    plan, diff = await compute_plan(request, kube=kube, helm=helm, drift=drift)
+    plan, diff = await compute_plan(
+        request, kube=kube, helm=helm, drift=target.drift, target_kube=target.kube
+    )
     wire = plan.to_wire()
     wire.pop("id", None)  # the operator's id also covers the object's generation
     wire.pop("phase", None)

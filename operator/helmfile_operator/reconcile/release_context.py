@@ -20,9 +20,9 @@ from helmfile_operator.api.models import (
     HelmOptions,
     duration_seconds,
 )
-from helmfile_operator.clusters import DEFAULT_KEYS, KubeconfigError, RemoteCluster
+from helmfile_operator.clusters import KubeconfigError, RemoteCluster
 from helmfile_operator.helm import ReleaseInfo, latest_from_secrets
-from helmfile_operator.kube import RELEASES, AccessDenied, Kube, merge_patch_between, secret_text
+from helmfile_operator.kube import RELEASES, Kube, merge_patch_between
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import (
     APPROVE,
@@ -227,36 +227,12 @@ class ReleaseContext:
             self.cluster = self.status.cluster = None
             return
         pool = self.reconciler.clusters
-        ref = reference.secret_ref
-        where = f"spec.kubeConfig: Secret {self.key.namespace}/{ref.name}"
         if pool is None:
             raise KubeconfigError(
-                "KubeconfigUnsupported", f"{where}: this operator does not deploy to other clusters"
+                "KubeconfigUnsupported",
+                "spec.kubeConfig: this operator does not deploy to other clusters",
             )
-        try:
-            secret = await self.tenant_kube.get_secret(self.key.namespace, ref.name)
-        except AccessDenied as error:
-            raise KubeconfigError("KubeconfigUnavailable", f"{where}: {error}") from None
-        if secret is None:
-            raise KubeconfigError(
-                "KubeconfigUnavailable",
-                f"{where} not found; create it with the workload cluster's kubeconfig "
-                "(docs/clusters.md)",
-                retryable=True,
-            )
-        keys = (ref.key,) if ref.key else DEFAULT_KEYS
-        try:
-            text = next((t for key in keys if (t := secret_text(secret, key)) is not None), None)
-        except ValueError as error:
-            raise KubeconfigError("InvalidKubeconfig", f"{where}: {error}") from None
-        if text is None:
-            raise KubeconfigError(
-                "KubeconfigUnavailable",
-                f"{where} has no key {' or '.join(repr(k) for k in keys)}; put the kubeconfig "
-                "there or set spec.kubeConfig.secretRef.key",
-                retryable=True,
-            )
-        kubeconfig = pool.parse(text, f"{where} key {ref.key or keys[0]!r}")
+        kubeconfig = await pool.read(self.tenant_kube, self.key.namespace, reference)
         self.cluster = pool.connect(self.target[0], kubeconfig)
         self.status.cluster = ClusterStatus(name=kubeconfig.name, server=kubeconfig.server)
 
