@@ -53,9 +53,12 @@ MAX_IDENTITIES = 256
 
 
 class Kube:
-    def __init__(self, api_client: ApiClient, identity: str | None = None) -> None:
+    def __init__(
+        self, api_client: ApiClient, identity: str | None = None, cluster: str | None = None
+    ) -> None:
         self.api_client = api_client
         self.identity = identity  # the user this client impersonates (None: the operator)
+        self.cluster = cluster  # a remote cluster's server URL (None: the operator's own)
         self._as: collections.OrderedDict[str, Kube] = collections.OrderedDict()
 
     def impersonating(self, identity: str | None) -> Kube:
@@ -67,7 +70,7 @@ class Kube:
         if kube is None:
             api_client = ApiClient(self.api_client.configuration)
             api_client.set_default_header("Impersonate-User", identity)  # type: ignore[no-untyped-call]
-            kube = self._as[identity] = Kube(api_client, identity)
+            kube = self._as[identity] = Kube(api_client, identity, self.cluster)
             while len(self._as) > MAX_IDENTITIES:
                 self._as.popitem(last=False)
         self._as.move_to_end(identity)
@@ -79,7 +82,15 @@ class Kube:
         identity = self.identity or ""
         return identity.removeprefix("system:serviceaccount:").replace(":", "/", 1)
 
+    def close(self) -> None:
+        """Close the connection pools of this client and of its impersonating ones."""
+        for kube in [self, *self._as.values()]:
+            kube.api_client.close()  # type: ignore[no-untyped-call]
+        self._as.clear()
+
     def _denied(self, error: ApiException, verb: str, resource: str, namespace: str) -> Exception:
+        if self.cluster is not None and error.status in (401, 403):
+            return self._remote_denied(error, verb, resource, namespace)
         if error.status != 403 or self.identity is None:
             return error
         if "cannot impersonate" in str(error.body or ""):
@@ -108,9 +119,26 @@ class Kube:
         configuration.connection_pool_maxsize = 64
         return cls(ApiClient(configuration))
 
+    def _remote_denied(
+        self, error: ApiException, verb: str, resource: str, namespace: str
+    ) -> AccessDenied:
+        """A remote cluster refused: its kubeconfig's credentials (never the response's body,
+        which is the remote server's to choose)."""
+        if error.status == 401:
+            return AccessDenied(
+                f"unauthorized: {self.cluster} refused the kubeconfig's credentials (an expired "
+                "or revoked token?); put valid ones into the kubeconfig Secret"
+            )
+        who = self.identity or "the kubeconfig's identity"
+        return AccessDenied(
+            f"forbidden: {who} may not {verb} {resource} in namespace {namespace} of "
+            f"{self.cluster}; grant it there"
+        )
+
     @classmethod
-    def from_configuration(cls, configuration: Configuration) -> Kube:
-        return cls(ApiClient(configuration))
+    def from_configuration(cls, configuration: Configuration, cluster: str | None = None) -> Kube:
+        """A client of `configuration`; `cluster` names a remote cluster in messages."""
+        return cls(ApiClient(configuration), cluster=cluster)
 
     @staticmethod
     def _load_in_cluster() -> Configuration:
@@ -149,11 +177,21 @@ class Kube:
         except urllib3.exceptions.HTTPError as error:  # never with a body: no data to leak
             host = self.api_client.configuration.host
             raise ApiUnreachable(f"{host} unreachable: {_cause(error)}") from None
+        except ValueError:  # http.client's "invalid header value" quotes the header
+            host = self.api_client.configuration.host
+            raise ApiUnreachable(f"{host}: the request could not be sent") from None
         data: bytes = response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status < 300:
+            if self.cluster is not None and response.status in (401, 403):
+                # A remote server's answer is not ours to log: the status code says enough.
+                raise ApiException(status=response.status, reason=response.reason)
             text = data.decode("utf-8", "replace") if data else None
             raise ApiException.from_response(http_resp=response, body=text, data=None)
-        return json.loads(data) if data else None
+        try:
+            return json.loads(data) if data else None
+        except ValueError:
+            host = self.api_client.configuration.host
+            raise ApiUnreachable(f"{host} answered with something that is not JSON") from None
 
     async def _request(
         self,
@@ -348,6 +386,14 @@ class Kube:
 
 
 _CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def describe(error: Exception) -> str:
+    """An error as it may be shown (an Event, a condition): an API error by its status only,
+    since its body and headers are the server's to choose (a remote cluster's, too)."""
+    if isinstance(error, ApiException):
+        return f"HTTP {error.status} {error.reason or ''}".strip()
+    return str(error)
 
 
 def secret_text(secret: Body, key: str) -> str | None:

@@ -21,7 +21,6 @@ import gzip
 import itertools
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from helmfile_operator.api.models import API_VERSION, ChartReference, HelmOptions
@@ -503,7 +502,7 @@ class FakeHelm:
         impersonate: str | None = None,
         ignore_not_found: bool = False,
         tenant: str | None = None,
-        kubeconfig: Path | None = None,
+        kubeconfig: str | None = None,
     ) -> None:
         self._record(
             "uninstall",

@@ -138,7 +138,49 @@ def _cluster(**fields: Any) -> Any:
 REFUSED = [
     ("no current context", _without_current, "InvalidKubeconfig", "has no current-context"),
     ("unknown context", _context("staging"), "InvalidKubeconfig", "no entry 'staging'"),
-    ("no https server", _no_server, "InvalidKubeconfig", "no server URL"),
+    ("no https server", _no_server, "InvalidKubeconfig", "needs `server: https://HOST"),
+    (
+        "credentials in the server URL (shown in status and metrics)",
+        _cluster(server=f"https://deployer:{TOKEN}@prod.example.com"),
+        "InvalidKubeconfig",
+        "no user, password, query or fragment",
+    ),
+    (
+        "a query in the server URL",
+        _cluster(server=f"https://prod.example.com/?token={TOKEN}"),
+        "InvalidKubeconfig",
+        "no user, password, query or fragment",
+    ),
+    (
+        "a pasted token with a trailing newline (the HTTP library would quote it)",
+        _user({"token": TOKEN + "\n"}),
+        "InvalidKubeconfig",
+        "not one line of plain text",
+    ),
+    (
+        "impersonation in the kubeconfig (helm would honour it, the API client not)",
+        _user({"as": "system:admin"}),
+        "InvalidKubeconfig",
+        "`serviceAccountName`",
+    ),
+    (
+        "a proxy of another scheme",
+        _cluster(**{"proxy-url": "socks5://proxy:1080"}),
+        "InvalidKubeconfig",
+        "`proxy-url` must be http(s)",
+    ),
+    (
+        "certificate data that is not base64",
+        _cluster(**{"certificate-authority-data": "not base64!"}),
+        "InvalidKubeconfig",
+        "not base64 of a PEM text",
+    ),
+    (
+        "a client certificate without its key",
+        _user({"client-certificate-data": "Q0VSVA=="}),
+        "InvalidKubeconfig",
+        "needs both",
+    ),
     (
         "token from a file of the operator's pod",
         _user({"tokenFile": "/var/run/secrets/kubernetes.io/serviceaccount/token"}),
@@ -221,9 +263,7 @@ def test_connections_are_shared_per_kubeconfig_and_replaced_when_the_secret_rota
     a = pool.connect("apps/prod/", first)
     assert pool.connect("apps/prod/", first) is a
     assert pool.connect("team-b/prod/", first) is a, "one cluster, one connection"
-    written = json.loads(a.kubeconfig.read_text())
-    assert written == first.config
-    assert stat.S_IMODE(a.kubeconfig.stat().st_mode) == 0o600
+    assert json.loads(a.kubeconfig) == first.config
     assert stat.S_IMODE(a.directory.stat().st_mode) == 0o700
     assert a.kube.api_client.configuration.host == "https://prod.example.com:6443"
     pool.mark(a, False)
@@ -232,13 +272,15 @@ def test_connections_are_shared_per_kubeconfig_and_replaced_when_the_secret_rota
     rotated = parse(kubeconfig({"token": "rotated"}))
     b = pool.connect("apps/prod/", rotated)
     assert b is not a
-    assert a.directory.exists(), "team-b's Secret still holds the first kubeconfig"
+    assert len(pool) == 2, "team-b's Secret still holds the first kubeconfig"
     pool.connect("team-b/prod/", rotated)
-    assert not a.directory.exists(), "no Secret holds it any more: its files are gone"
-    assert len(pool) == 1
+    assert len(pool) == 1, "no Secret holds it any more"
+    assert a.directory.exists(), "a pass that took it may still use it: closed later"
+    pool.mark(a, True)  # such a pass reports on it: ignored, b's series is the one kept
+    assert b'server="https://prod.example.com:6443"} 0.0' in metrics.exposition()
 
     pool.close()
-    assert not b.directory.exists()
+    assert not a.directory.exists() and not b.directory.exists()
     assert len(pool) == 0
     assert b"helmfile_operator_cluster_reachable{" not in metrics.exposition()
 
@@ -247,8 +289,9 @@ def test_the_cache_is_bounded(tmp_path: Path) -> None:
     pool = ClusterPool(tmp_path, max_clusters=2)
     opened = [pool.connect(f"apps/s{i}/", parse(kubeconfig({"token": f"t{i}"}))) for i in range(3)]
     assert len(pool) == 2
-    assert not opened[0].directory.exists()
-    assert all(c.directory.exists() for c in opened[1:])
+    assert pool.connect("apps/s0/", parse(kubeconfig({"token": "t0"}))) is not opened[0]
+    pool.close()
+    assert not any(c.directory.exists() for c in opened)
 
 
 # --- rendering and the release's view of its cluster ----------------------------------------------
@@ -443,3 +486,33 @@ async def test_helm_that_cannot_reach_the_remote_cluster_says_cluster_unreachabl
     assert failure_reason(ctx, "UpgradeFailed", error) == "ClusterUnreachable"
     other = HelmError(HelmErrorKind.RENDER_FAILED, "upgrade", "bad template")
     assert failure_reason(ctx, "UpgradeFailed", other) == "UpgradeFailed"
+
+
+def test_the_api_client_is_configured_from_the_checked_fields_only(tmp_path: Path) -> None:
+    pem = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    config = kubeconfig(
+        {"client-certificate-data": pem.decode(), "client-key-data": pem.decode()},
+        **{
+            "certificate-authority-data": pem.decode(),
+            "tls-server-name": "api.internal",
+            "proxy-url": "http://proxy.example.com:3128",
+        },
+    )
+    pool = ClusterPool(tmp_path)
+    cluster = pool.connect("apps/prod/", parse(config))
+    configuration = cluster.kube.api_client.configuration
+    assert configuration.host == "https://prod.example.com:6443"
+    assert Path(configuration.ssl_ca_cert).read_bytes() == base64.b64decode(pem)
+    assert Path(configuration.ssl_ca_cert).parent == cluster.directory
+    assert stat.S_IMODE(Path(configuration.key_file).stat().st_mode) == 0o600
+    assert configuration.tls_server_name == "api.internal"
+    assert configuration.proxy == "http://proxy.example.com:3128"
+    assert configuration.verify_ssl and configuration.retries == 1
+    assert "authorization" not in configuration.api_key
+
+    token = pool.connect("apps/t/", parse(kubeconfig({"token": TOKEN})))
+    assert token.kube.api_client.configuration.api_key == {"authorization": f"Bearer {TOKEN}"}
+    basic = pool.connect("apps/b/", parse(kubeconfig({"username": "u", "password": "p"})))
+    expected = "Basic " + base64.b64encode(b"u:p").decode()
+    assert basic.kube.api_client.configuration.api_key == {"authorization": expected}
+    pool.close()

@@ -188,3 +188,10 @@ def test_files_a_killed_operator_left_are_removed_at_start(tmp_path: Path) -> No
     assert not (runs / dead).exists()  # a process that no longer exists
     assert (runs / "1" / "helm-x" / "values.yaml").exists()  # a live process's files stay
     assert oct(mine.stat().st_mode & 0o777) == "0o700"
+
+
+def test_a_remote_clusters_run_cannot_fall_back_to_the_pods_credentials() -> None:
+    base = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443", "PATH": "/b"}
+    env = helm_env(base, kubeconfig="/run/x/kubeconfig", remote=True)
+    assert env == {"KUBECONFIG": "/run/x/kubeconfig", "PATH": "/b"}
+    assert helm_env(base, kubeconfig="/k") == {**base, "KUBECONFIG": "/k"}  # our own cluster

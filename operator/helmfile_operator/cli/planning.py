@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from kubernetes.client.exceptions import ApiException
 from rich.console import Console
 
 from helmfile_operator.api.models import ChartReference
@@ -21,7 +22,7 @@ from helmfile_operator.cli.cluster import connect
 from helmfile_operator.cli.offline import FileObjects, render_states
 from helmfile_operator.clusters import ClusterPool, KubeconfigError
 from helmfile_operator.helm import HelmClient, HelmError
-from helmfile_operator.kube import RELEASES, Kube
+from helmfile_operator.kube import RELEASES, AccessDenied, ApiUnreachable, Kube, describe
 from helmfile_operator.reconcile.actions.plan import PlanRequest, compute_plan
 from helmfile_operator.reconcile.context import STATE_LABEL
 from helmfile_operator.reconcile.decide import Action, Observation, decide
@@ -68,7 +69,7 @@ class _Target:
 
     kube: Kube
     drift: DriftChecker
-    kubeconfig: Path | None
+    kubeconfig: str | None
 
 
 async def _target(
@@ -109,6 +110,8 @@ def _plan_states(
                 )
             except KubeconfigError as error:
                 raise click.ClickException(f"{release.resource_name}: {error.message}") from None
+            except (AccessDenied, ApiUnreachable, ApiException) as error:
+                raise click.ClickException(f"{release.resource_name}: {describe(error)}") from None
             except (ValuesSourceError, ChartSourceError) as error:
                 raise click.ClickException(f"{release.resource_name}: {error}") from None
             except HelmError as error:

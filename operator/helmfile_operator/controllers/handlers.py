@@ -59,7 +59,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         operator_settings,
         kube,
         helm,
-        drift=DriftChecker(kube.api_client.configuration),
+        drift=DriftChecker(kube.api_client.configuration, cache_dir=run_dir),
         metrics=operator_metrics,
         clusters=ClusterPool(
             run_dir / "clusters",

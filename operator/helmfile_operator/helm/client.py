@@ -12,11 +12,12 @@ of the runner's slots.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -182,21 +183,22 @@ class HelmClient:
         tenant: str | None = None,
         skip_crds: bool = False,
         dry_run: bool = False,
-        kubeconfig: Path | None = None,
+        kubeconfig: str | None = None,
     ) -> ReleaseInfo:
         """`helm upgrade --install` (`dry_run`: `--dry-run=server`, and the result carries the
         manifest helm would apply). The caller resolves `chart.repository.secretRef` into
         `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read from
         Secrets) that must not appear in an error message. `helm_home`, when given, is used
         instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`; `kubeconfig`:
-        the cluster to act on (default: the operator's own)."""
+        the kubeconfig (its text) of the cluster to act on (default: the operator's own)."""
         helm = await self.version()
         secrets = [*redact, *([credentials.password] if credentials else [])]
         helm_timeout = self._clamp(helm_timeout_seconds(options))
         with private_workdir(self.work_dir) as workdir:
             values_file = write_values_file(workdir, values)
+            cluster = write_private_file(workdir / "kubeconfig", kubeconfig) if kubeconfig else None
             source = await self._chart_source(
-                workdir, chart, credentials, ca_pem, helm.major, tenant, helm_home, kubeconfig
+                workdir, chart, credentials, ca_pem, helm.major, tenant, helm_home, cluster
             )
             argv = upgrade_argv(
                 release=release,
@@ -264,7 +266,7 @@ class HelmClient:
         timeout_seconds: float,
         impersonate: str | None = None,
         tenant: str | None = None,
-        kubeconfig: Path | None = None,
+        kubeconfig: str | None = None,
     ) -> None:
         """`helm test`; a failed test raises HelmError(TEST_FAILED) naming the test."""
         timeout_seconds = self._clamp(timeout_seconds)
@@ -275,13 +277,14 @@ class HelmClient:
             impersonate=impersonate,
         )
         try:
-            await self._run(
-                "test",
-                argv,
-                limit=timeout_seconds + self.subprocess_grace_seconds,
-                env=self._env(tenant=tenant, kubeconfig=kubeconfig),
-                tenant=tenant,
-            )
+            with self._cluster(kubeconfig) as cluster:
+                await self._run(
+                    "test",
+                    argv,
+                    limit=timeout_seconds + self.subprocess_grace_seconds,
+                    env=self._env(tenant=tenant, kubeconfig=cluster),
+                    tenant=tenant,
+                )
         except HelmError as error:
             raise failed_test(error) from None
 
@@ -295,7 +298,7 @@ class HelmClient:
         impersonate: str | None = None,
         ignore_not_found: bool = False,
         tenant: str | None = None,
-        kubeconfig: Path | None = None,
+        kubeconfig: str | None = None,
     ) -> None:
         helm = await self.version()
         timeout_seconds = self._clamp(timeout_seconds)
@@ -309,13 +312,14 @@ class HelmClient:
             wait_strategy=self.wait_strategy,
         )
         try:
-            await self._run(
-                "uninstall",
-                argv,
-                limit=timeout_seconds + self.subprocess_grace_seconds,
-                env=self._env(tenant=tenant, kubeconfig=kubeconfig),
-                tenant=tenant,
-            )
+            with self._cluster(kubeconfig) as cluster:
+                await self._run(
+                    "uninstall",
+                    argv,
+                    limit=timeout_seconds + self.subprocess_grace_seconds,
+                    env=self._env(tenant=tenant, kubeconfig=cluster),
+                    tenant=tenant,
+                )
         except HelmError as error:
             if ignore_not_found and error.kind is HelmErrorKind.RELEASE_NOT_FOUND:
                 log.debug("helm uninstall %s/%s: already gone", namespace, release)
@@ -334,7 +338,7 @@ class HelmClient:
         wait_for_jobs: bool = False,
         history_max: int | None = None,
         tenant: str | None = None,
-        kubeconfig: Path | None = None,
+        kubeconfig: str | None = None,
     ) -> None:
         """Roll back to `revision`, or to the previous revision when None."""
         helm = await self.version()
@@ -351,13 +355,14 @@ class HelmClient:
             history_max=history_max,
             wait_strategy=self.wait_strategy,
         )
-        await self._run(
-            "rollback",
-            argv,
-            limit=timeout_seconds + self.subprocess_grace_seconds,
-            env=self._env(tenant=tenant, kubeconfig=kubeconfig),
-            tenant=tenant,
-        )
+        with self._cluster(kubeconfig) as cluster:
+            await self._run(
+                "rollback",
+                argv,
+                limit=timeout_seconds + self.subprocess_grace_seconds,
+                env=self._env(tenant=tenant, kubeconfig=cluster),
+                tenant=tenant,
+            )
 
     async def history(
         self,
@@ -367,18 +372,19 @@ class HelmClient:
         max: int = 10,
         impersonate: str | None = None,
         tenant: str | None = None,
-        kubeconfig: Path | None = None,
+        kubeconfig: str | None = None,
     ) -> list[HistoryRecord]:
         """The last `max` revisions, oldest first; empty when the release does not exist."""
         argv = history_argv(release=release, namespace=namespace, max=max, impersonate=impersonate)
         try:
-            result = await self._run(
-                "history",
-                argv,
-                limit=self._quick_limit(),
-                env=self._env(tenant=tenant, kubeconfig=kubeconfig),
-                tenant=tenant,
-            )
+            with self._cluster(kubeconfig) as cluster:
+                result = await self._run(
+                    "history",
+                    argv,
+                    limit=self._quick_limit(),
+                    env=self._env(tenant=tenant, kubeconfig=cluster),
+                    tenant=tenant,
+                )
         except HelmError as error:
             if error.kind is HelmErrorKind.RELEASE_NOT_FOUND:
                 return []
@@ -412,7 +418,17 @@ class HelmClient:
             kubeconfig=str(kubeconfig) if kubeconfig is not None else self.kubeconfig,
             helm_home=helm_home,
             private_dir=private_dir,
+            remote=kubeconfig is not None,
         )
+
+    @contextlib.contextmanager
+    def _cluster(self, kubeconfig: str | None) -> Iterator[Path | None]:
+        """A remote cluster's kubeconfig in a private file for one run (None: ours)."""
+        if kubeconfig is None:
+            yield None
+            return
+        with private_workdir(self.work_dir) as workdir:
+            yield write_private_file(workdir / "kubeconfig", kubeconfig)
 
     def _tenant_home(self, tenant: str) -> Path:
         try:

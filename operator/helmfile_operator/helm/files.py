@@ -45,6 +45,7 @@ def helm_env(
     kubeconfig: str | None = None,
     helm_home: Path | None = None,
     private_dir: Path | None = None,
+    remote: bool = False,
 ) -> dict[str, str]:
     """The environment of one helm run.
 
@@ -53,11 +54,17 @@ def helm_env(
     configuration (the registry client's fallback for credentials) moves there too, so that
     registry credentials of the operator's environment are never lent to a tenant.
     `private_dir` (the per-call directory that also holds the values file) takes the repository
-    and registry configuration, so credentials never land in a shared place.
+    and registry configuration, so credentials never land in a shared place. `remote`: the
+    kubeconfig is a remote cluster's (never the pod's in-cluster credentials).
     """
     env = dict(base_env)
     if kubeconfig:
         env["KUBECONFIG"] = kubeconfig
+    if remote:
+        # A remote cluster's kubeconfig, and nothing to fall back to: without these, a missing
+        # or empty kubeconfig can never turn into the pod's own in-cluster credentials.
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        env.pop("KUBERNETES_SERVICE_PORT", None)
     if helm_home is not None:
         for name in _HOME_PATHS:
             env.pop(name, None)

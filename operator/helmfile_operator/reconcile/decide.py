@@ -106,6 +106,8 @@ def decide(obs: Observation) -> Decision:
     if obs.suspended:
         return Decision(Action.SUSPENDED)
     if obs.rollback_to is not None:
+        if obs.cluster_error:
+            return Decision(Action.REPORT_CLUSTER_ERROR)
         return Decision(Action.ROLL_BACK_FOR_ROLLOUT)
     if obs.held:
         return Decision(Action.HELD)

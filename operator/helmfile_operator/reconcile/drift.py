@@ -19,6 +19,7 @@ import collections
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
@@ -153,8 +154,11 @@ def relevant_paths(
 class DriftChecker:
     """Runs checks with the operator's credentials, or impersonating a ServiceAccount."""
 
-    def __init__(self, configuration: Configuration) -> None:
+    def __init__(self, configuration: Configuration, cache_dir: Path | None = None) -> None:
         self._configuration = configuration
+        # The client's discovery cache: private (a shared temp file keyed by host name alone
+        # could be written by anyone, e.g. a tenant's cluster of the same host name).
+        self._cache_file = str(cache_dir / "discovery.json") if cache_dir is not None else None
         # The dynamic client is untyped: Any keeps mypy --strict honest about that boundary.
         # One client (with its discovery cache) per identity, least recently used first out:
         # a cluster with many tenants must not grow one per ServiceAccount forever.
@@ -166,7 +170,9 @@ class DriftChecker:
             api_client = ApiClient(self._configuration)
             if impersonate:
                 api_client.set_default_header("Impersonate-User", impersonate)  # type: ignore[no-untyped-call]
-            dynamic = self._clients[impersonate] = DynamicClient(api_client)  # type: ignore[no-untyped-call]
+            dynamic = self._clients[impersonate] = DynamicClient(  # type: ignore[no-untyped-call]
+                api_client, cache_file=self._cache_file
+            )
             while len(self._clients) > MAX_CLIENTS:
                 self._clients.popitem(last=False)
         self._clients.move_to_end(impersonate)
@@ -196,6 +202,16 @@ class DriftChecker:
             raise DriftCheckError(
                 f"drift check: the API server {self._configuration.host} did not answer"
             ) from None
+        except ApiException as error:  # discovery: per-object errors are mapped where raised
+            raise DriftCheckError(
+                f"drift check: discovery of {self._configuration.host} failed "
+                f"(HTTP {error.status} {error.reason or ''})".rstrip()
+            ) from None
+
+    def close(self) -> None:
+        for dynamic in self._clients.values():
+            dynamic.client.close()
+        self._clients.clear()
 
     def _resource(self, dynamic: Any, obj: Mapping[str, Any]) -> Any:
         try:

@@ -142,6 +142,9 @@ async def observe(ctx: ReleaseContext) -> Observation:
         interval_seconds=ctx.interval_seconds,
         helm_timeout_seconds=ctx.timeout_seconds,
     )
+    if base.held and base.rollback_to is not None and not base.suspended:
+        # The rollback runs in the release's cluster.
+        return base if await _connect(ctx) else dataclasses.replace(base, cluster_error=True)
     if base.suspended or base.held or base.self_needed or base.owner:
         return base
     if base.unready_needs and not base.approval_manual:
@@ -506,7 +509,10 @@ async def _roll_back_for_rollout(ctx: ReleaseContext, decision: Decision) -> Non
     ctx.reconciler.metrics.remediations.labels("rollout-rollback").inc()
     status = ctx.status
     status.failures = 0
-    storage = await ctx.read_storage()
+    try:
+        storage = await ctx.read_storage()
+    except (AccessDenied, ApiUnreachable):
+        storage = None  # the rollback is recorded all the same: it must never run twice
     status.revision = storage.revision if storage is not None else status.revision
     entry = next((h for h in reversed(status.history) if h.revision == target), None)
     # The digest of the revision restored: the same spec as before the rollout is in sync.
@@ -785,7 +791,10 @@ async def _uninstall(ctx: ReleaseContext, why: str) -> bool:
     except HelmError as error:
         ctx.status.failures += 1
         reason = failure_reason(ctx, "UninstallFailed", error)
-        retry_later(ctx, reason, f"uninstall failed ({error.kind}): {error.message}")
+        message = f"uninstall failed ({error.kind}): {error.message}"
+        if reason == CLUSTER_UNREACHABLE and ctx.body["metadata"].get("deletionTimestamp"):
+            message += f"; or annotate {KEEP_RELEASE}=true to let it go without uninstalling"
+        retry_later(ctx, reason, message)
         return False
     ctx.status.failures = 0
     ctx.ready("Uninstalled", f"not installed ({why})")

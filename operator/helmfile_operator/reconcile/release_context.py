@@ -8,7 +8,6 @@ import datetime
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from helmfile_operator.api.models import (
@@ -215,8 +214,8 @@ class ReleaseContext:
         return self.cluster.drift if self.cluster is not None else self.reconciler.drift
 
     @property
-    def kubeconfig(self) -> Path | None:
-        """helm's kubeconfig (None: the operator's own cluster)."""
+    def kubeconfig(self) -> str | None:
+        """helm's kubeconfig, its text (None: the operator's own cluster)."""
         return self.cluster.kubeconfig if self.cluster is not None else None
 
     async def connect(self) -> None:

@@ -16,6 +16,7 @@ from typing import Literal
 from helmfile_operator import goyaml
 from helmfile_operator.api.models import HistoryEntry, InProgress, InventoryEntry, LastAttempt
 from helmfile_operator.helm import HelmError, ReleaseInfo
+from helmfile_operator.kube import describe
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.chart_tests import run_chart_tests
 from helmfile_operator.reconcile.actions.crds import prepare_crds
@@ -183,8 +184,8 @@ async def _record_inventory(ctx: ReleaseContext) -> None:
         if stored is not None:
             fill_install_plan(ctx.status.plan, stored.manifest, ctx.spec.target_namespace)
     except Exception as error:
-        logger.warning("%s: inventory not recorded: %s", ctx.key, error)
-        ctx.event("Warning", "InventoryUnavailable", f"inventory not recorded: {error}")
+        logger.warning("%s: inventory not recorded: %s", ctx.key, describe(error))
+        ctx.event("Warning", "InventoryUnavailable", f"inventory not recorded: {describe(error)}")
 
 
 def _record_history(ctx: ReleaseContext, revision: int, chart_version: str, state: str) -> None:

@@ -12,6 +12,7 @@ from typing import Literal
 
 from helmfile_operator.api.models import LastAttempt, duration_seconds
 from helmfile_operator.helm import HelmError
+from helmfile_operator.kube import AccessDenied, ApiUnreachable
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.remediate import remediate
 from helmfile_operator.reconcile.failures import record_failure
@@ -73,7 +74,12 @@ async def _fail_release(
         message=error.message,
     )
     ctx.set_condition(conditions.RELEASED, "False", "TestFailed", error.message)
-    storage = await ctx.read_storage()
+    try:
+        storage = await ctx.read_storage()
+    except (AccessDenied, ApiUnreachable) as reading:
+        # Recorded as failed all the same: the next pass retries (and remediates) after backoff.
+        ctx.event("Warning", "RemediationSkipped", f"Helm's storage unreadable: {reading}")
+        return
     if storage is not None:
         await remediate(ctx, verb, storage)
     record_failure(ctx, "TestFailed", error)

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from helmfile_operator import goyaml
 from helmfile_operator.api.models import ChartReference, CrdPolicy
 from helmfile_operator.helm import HelmError, HelmErrorKind, RepositoryCredentials
-from helmfile_operator.kube import AccessDenied
+from helmfile_operator.kube import AccessDenied, ApiUnreachable
 from helmfile_operator.reconcile.release_context import ReleaseContext
 
 
@@ -61,6 +61,8 @@ async def prepare_crds(
                 changed.append(name)
         except AccessDenied as error:
             raise HelmError(HelmErrorKind.FORBIDDEN, "apply crds", f"{field}: {error}") from None
+        except ApiUnreachable as error:
+            raise HelmError(HelmErrorKind.CONNECTION, "apply crds", f"{field}: {error}") from None
         except ApiException as error:
             raise HelmError(
                 HelmErrorKind.RENDER_FAILED,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from helmfile_operator.api.models import DriftMode, DriftStatus
 from helmfile_operator.helm.storage import StorageDecodeError
-from helmfile_operator.kube import AccessDenied
+from helmfile_operator.kube import AccessDenied, ApiUnreachable
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.drift import DriftCheckError, DriftReport
 from helmfile_operator.reconcile.release_context import ReleaseContext
@@ -18,7 +18,9 @@ def drift_mode(ctx: ReleaseContext) -> DriftMode:
 async def _manifest(ctx: ReleaseContext) -> str | None:
     """The manifest of the deployed revision, decoded once per revision (cached)."""
     assert ctx.storage is not None
-    key = ctx.target
+    # By the cluster's kubeconfig digest too: a Secret pointed at another cluster has other
+    # releases with the same revision numbers.
+    key = ctx.target if ctx.cluster is None else (ctx.cluster.digest, *ctx.target[1:])
     cached = ctx.reconciler.manifests.get(key, ctx.storage.revision)
     if cached is not None:
         return cached
@@ -52,7 +54,7 @@ async def detect_drift(ctx: ReleaseContext) -> None:
         return
     try:
         manifest = await _manifest(ctx)
-    except AccessDenied as error:
+    except (AccessDenied, ApiUnreachable) as error:
         ctx.set_condition(conditions.DRIFTED, "Unknown", "DriftCheckFailed", str(error))
         return
     if manifest is None:

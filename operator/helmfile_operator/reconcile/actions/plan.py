@@ -12,7 +12,6 @@ import base64
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from helmfile_operator.api.models import (
@@ -64,7 +63,7 @@ class PlanRequest:
     secret_strings: Sequence[str] = ()
     storage_secrets: Sequence[dict[str, Any]] | None = None  # Helm's storage, if read already
     secret_paths: Sequence[tuple[Any, ...]] = ()  # where Secret layers set values
-    kubeconfig: Path | None = None  # the target cluster (None: the one `kube` talks to)
+    kubeconfig: str | None = None  # the target cluster's (None: the cluster `kube` talks to)
 
 
 async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
