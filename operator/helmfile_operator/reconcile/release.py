@@ -223,7 +223,7 @@ def _cluster_answered(ctx: ReleaseContext) -> None:
     """The remote cluster answered: failures counted while it did not start over."""
     ctx.mark_cluster(True)
     ready = conditions.find(ctx.status.conditions, conditions.READY)
-    if ready is not None and ready.reason == CLUSTER_UNREACHABLE:
+    if ready is not None and ready.reason in (CLUSTER_UNREACHABLE, "Forbidden"):
         ctx.status.failures = 0
 
 
@@ -554,8 +554,15 @@ async def _cluster_unreachable(ctx: ReleaseContext, decision: Decision) -> None:
 
 
 async def _report_forbidden(ctx: ReleaseContext, decision: Decision) -> None:
+    message = f"reading Helm's storage: {ctx.access_error}"
+    if ctx.cluster is not None:
+        # A remote API server refuses for a while after it starts (its authorizer's caches
+        # are not synced yet), and its RBAC cannot be watched from here: retried with backoff.
+        ctx.status.failures += 1
+        retry_later(ctx, "Forbidden", message)
+        return
     # Permissions come back by someone's hand: Stalled, re-evaluated every interval.
-    stall(ctx, "Forbidden", f"reading Helm's storage: {ctx.access_error}", "not retryable")
+    stall(ctx, "Forbidden", message, "not retryable")
 
 
 async def _wait_for_lock(ctx: ReleaseContext, decision: Decision) -> None:
