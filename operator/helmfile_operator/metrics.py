@@ -125,8 +125,14 @@ class Metrics:
         )
         self.build_info = Gauge(
             "helmfile_operator_build_info",
-            "Versions of the operator and helm.",
-            ["version", "helm_version"],
+            'Versions of the operator and helm, and the shard it reconciles ("": unsharded).',
+            ["version", "helm_version", "shard"],
+            registry=r,
+        )
+        self.leader = Gauge(
+            "helmfile_operator_leader",
+            "1 while this replica acts (holds its shard's Lease, or runs without leader "
+            "election), 0 while it stands by.",
             registry=r,
         )
 
@@ -154,9 +160,9 @@ class Metrics:
         _forget_conditions(self.state_condition, namespace, name)
         _remove(self.state_last_success, namespace, name)
 
-    def set_build_info(self, helm_version: str) -> None:
+    def set_build_info(self, helm_version: str, shard: str = "") -> None:
         self.build_info.clear()
-        self.build_info.labels(__version__, helm_version).set(1)
+        self.build_info.labels(__version__, helm_version, shard).set(1)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -185,8 +191,15 @@ def _forget_conditions(gauge: Gauge, namespace: str, name: str) -> None:
             _remove(gauge, namespace, name, type_, status)
 
 
-async def start_server(port: int, metrics_: Metrics, ready: Callable[[], bool]) -> web.AppRunner:
-    """/metrics and /readyz on `port` (all interfaces: Prometheus scrapes the pod IP)."""
+async def start_server(
+    port: int,
+    metrics_: Metrics,
+    ready: Callable[[], bool],
+    role: Callable[[], str] = lambda: "leader",
+) -> web.AppRunner:
+    """/metrics and /readyz on `port` (all interfaces: Prometheus scrapes the pod IP). /readyz
+    answers 200 on a standby too (`ok: standby`): a standby is a healthy pod, and a rollout must
+    not wait for a new pod to become the leader."""
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(
@@ -194,7 +207,9 @@ async def start_server(port: int, metrics_: Metrics, ready: Callable[[], bool]) 
         )
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n") if ready() else web.Response(status=503, text="starting\n")
+        if not ready():
+            return web.Response(status=503, text="starting\n")
+        return web.Response(text=f"ok: {role()}\n")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
