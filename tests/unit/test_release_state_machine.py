@@ -20,6 +20,7 @@ from helmfile_operator.reconcile.context import (
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    SHARD_LABEL,
     IndexedRelease,
     ObjectKey,
 )
@@ -245,6 +246,27 @@ async def test_needs_in_another_namespace_do_not_count(world: World) -> None:
     )
     await reconcile(world, "api")
     assert world.helm.verbs == []
+    assert_condition(world, "Ready", "Unknown", "NeedsNotReady", name="api")
+
+
+async def test_a_need_of_another_shard_is_reported_not_waited_for(world: World) -> None:
+    world.kube.create(RELEASES, release_body("api", needs=["db", "cache"]))
+    other = release_body("db")
+    other["metadata"]["labels"] = {SHARD_LABEL: "b"}
+    world.kube.create(RELEASES, other)  # exists, but this (unsharded) operator never sees it
+
+    await reconcile(world, "api")
+
+    assert world.helm.verbs == []
+    stalled = assert_condition(world, "Stalled", "True", "NeedsInAnotherShard", name="api")
+    assert "db (shard 'b')" in stalled["message"] and "unsharded" in stalled["message"]
+    assert "cache" not in stalled["message"]  # missing, not another shard's: waited for
+
+    # Relabelled into this operator's shard: the watch indexes it, and the wait is the usual one.
+    world.reconciler.index.releases[(NAMESPACE, "db")] = IndexedRelease(
+        ready=False, needs=(), state=None
+    )
+    await reconcile(world, "api")
     assert_condition(world, "Ready", "Unknown", "NeedsNotReady", name="api")
 
 

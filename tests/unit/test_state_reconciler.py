@@ -14,6 +14,7 @@ from helmfile_operator.reconcile.context import (
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    SHARD_LABEL,
     STATE_LABEL,
     IndexedRelease,
     ObjectKey,
@@ -357,6 +358,29 @@ async def test_suspended_state_suspends_its_children(world: World) -> None:
     await reconcile(world)
     body = child(world, "db")
     assert body is not None and body["spec"]["suspend"] is False
+
+
+async def test_the_shard_label_of_the_state_is_copied_to_its_children(world: World) -> None:
+    body = state_body()
+    body["metadata"]["labels"] = {SHARD_LABEL: "a"}
+    world.kube.create(STATES, body)
+    await reconcile(world)
+    for release in ("db", "api"):
+        labels = (child(world, release) or {})["metadata"]["labels"]
+        assert labels[SHARD_LABEL] == "a"
+
+    # Moved to another shard, then out of sharding: the children follow (re-applied).
+    for wanted in ("b", None):
+        labels = state(world)["metadata"]["labels"]
+        if wanted is None:
+            del labels[SHARD_LABEL]
+        else:
+            labels[SHARD_LABEL] = wanted
+        await reconcile(world)
+        for release in ("db", "api"):
+            labels = (child(world, release) or {})["metadata"]["labels"]
+            assert labels.get(SHARD_LABEL) == wanted
+            assert labels[STATE_LABEL] == STATE
 
 
 async def test_reconcile_request_reaches_the_children(world: World) -> None:

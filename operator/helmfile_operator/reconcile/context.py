@@ -18,10 +18,17 @@ from helmfile_operator.settings import Settings
 from helmfile_operator.sources import VersionResolver
 
 STATE_LABEL = "helmfile.dev/state"
+# Which operator (shard) reconciles an object; copied from a state to its releases.
+SHARD_LABEL = "helmfile.dev/shard"
 FINALIZER = "helmfile.dev/finalizer"
 RECONCILE_REQUEST = "helmfile.dev/reconcile-requested-at"
 KEEP_RELEASE = "helmfile.dev/keep-release"
 APPROVE = "helmfile.dev/approve"  # the id of the plan someone approved
+
+
+def shard_selector(shard: str) -> str:
+    """The label selector of a shard's objects: labelled with its key, or (no key) unlabelled."""
+    return f"{SHARD_LABEL}={shard}" if shard else f"!{SHARD_LABEL}"
 
 
 class ObjectKey(NamedTuple):

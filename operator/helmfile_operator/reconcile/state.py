@@ -32,6 +32,7 @@ from helmfile_operator.reconcile.context import (
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    SHARD_LABEL,
     STATE_LABEL,
     ObjectKey,
     Reconciler,
@@ -201,13 +202,17 @@ def child_body(
     spec = release.spec.to_wire()
     if state["spec"].get("suspend"):
         spec["suspend"] = True  # a suspended state pauses every one of its releases
+    labels = {STATE_LABEL: key.name, "helmfile.dev/release": release.template_name}
+    shard = (state["metadata"].get("labels") or {}).get(SHARD_LABEL)
+    if shard is not None:
+        labels[SHARD_LABEL] = shard  # its releases are reconciled by the state's shard
     return {
         "apiVersion": API_VERSION,
         "kind": "HelmfileRelease",
         "metadata": {
             "name": release.resource_name,
             "namespace": key.namespace,
-            "labels": {STATE_LABEL: key.name, "helmfile.dev/release": release.template_name},
+            "labels": labels,
             "annotations": annotations,
             "ownerReferences": [
                 {
@@ -465,6 +470,8 @@ def _up_to_date(have: dict[str, Any], desired: dict[str, Any]) -> bool:
         == desired["metadata"]["annotations"].get(KEEP_RELEASE)
         and (metadata.get("labels") or {}).get(STATE_LABEL)
         == desired["metadata"]["labels"][STATE_LABEL]
+        and (metadata.get("labels") or {}).get(SHARD_LABEL)
+        == desired["metadata"]["labels"].get(SHARD_LABEL)
     )
 
 
