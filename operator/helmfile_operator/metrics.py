@@ -26,6 +26,8 @@ from helmfile_operator import __version__
 # Helm actions take seconds to minutes; a reconcile without helm takes milliseconds.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
+_STANDBY_SAMPLES = ("helmfile_operator_build_info", "helmfile_operator_leader")
+
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Released", "Remediated", "Drifted")
 _STATUSES = ("True", "False", "Unknown")
 
@@ -164,7 +166,12 @@ class Metrics:
         self.build_info.clear()
         self.build_info.labels(__version__, helm_version, shard).set(1)
 
-    def exposition(self) -> bytes:
+    def exposition(self, *, standby: bool = False) -> bytes:
+        """The text format. A standby shows only what describes the process (`build_info`,
+        `leader`): it watches and queues every object too, and its per-object series and queue
+        gauges would count each object twice in sums over the pods."""
+        if standby:
+            return generate_latest(self.registry.restricted_registry(_STANDBY_SAMPLES))
         return generate_latest(self.registry)
 
 
@@ -202,9 +209,8 @@ async def start_server(
     not wait for a new pod to become the leader."""
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=metrics_.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        body = metrics_.exposition(standby=role() == "standby")
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def readyz(_: web.Request) -> web.Response:
         if not ready():

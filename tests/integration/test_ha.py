@@ -188,8 +188,10 @@ def test_only_the_leader_runs_helm_and_the_standby_finishes_a_rollout_after_sigk
             # Only the leader ran helm; the standby, watches warm, ran none.
             assert {name for _, name in helm_runs(first)} == set(names)
             assert helm_runs(second) == []
-            assert metric(second, UPGRADES) == 0
             assert metric(first, UPGRADES) >= len(names)
+            # The standby's /metrics describes its process only: no object counted twice.
+            assert "release_condition" in first.scrape()
+            assert "release_condition" not in second.scrape()
             assert metric(first, "helmfile_operator_leader") == 1
             assert metric(second, "helmfile_operator_leader") == 0
 
