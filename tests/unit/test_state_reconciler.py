@@ -506,3 +506,27 @@ async def test_a_child_name_held_by_another_state_is_not_taken_over(world: World
     assert stalled is not None
     assert "spec.releases[0].name" in stalled["message"]
     assert "already belongs to state 'other'" in stalled["message"]
+
+
+async def test_a_child_name_held_in_another_shard_is_not_taken_over(world: World) -> None:
+    # This operator's index never sees another shard's objects: the API is asked.
+    world.kube.create(
+        RELEASES,
+        {
+            "metadata": {
+                "name": f"{STATE}-db",
+                "namespace": NAMESPACE,
+                "labels": {STATE_LABEL: "other", SHARD_LABEL: "b"},
+            },
+            "spec": {},
+        },
+    )
+    world.kube.create(STATES, state_body(DB))
+
+    await reconcile(world)
+
+    assert children(world) == [f"{STATE}-db"]
+    assert (child(world, "db") or {})["metadata"]["labels"][STATE_LABEL] == "other"
+    stalled = condition(state(world), "Stalled")
+    assert stalled is not None
+    assert "already belongs to state 'other'" in stalled["message"]

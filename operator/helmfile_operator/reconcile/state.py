@@ -176,12 +176,29 @@ async def render_body(
 async def _check_names_are_free(
     reconciler: Reconciler, key: ObjectKey, rendered: RenderedState
 ) -> None:
-    """A child name held by another state (or written by hand) is never taken over."""
+    """A child name held by another state (or written by hand) is never taken over. The index
+    holds only this operator's shard: a name it does not know is looked up in the API (one list,
+    and only when some name is new), since another shard's object may hold it."""
+    others: dict[str, str | None] | None = None
     for index, release in enumerate(rendered.releases):
-        existing = reconciler.index.get(key.namespace, release.resource_name)
-        if existing is None or existing.state == key.name:
+        name = release.resource_name
+        existing = reconciler.index.get(key.namespace, name)
+        holder_state = existing.state if existing is not None else None
+        if existing is None:
+            if others is None:
+                listed = await reconciler.kube.list_objects(RELEASES, key.namespace)
+                others = {
+                    item["metadata"]["name"]: (item["metadata"].get("labels") or {}).get(
+                        STATE_LABEL
+                    )
+                    for item in listed
+                }
+            if name not in others:
+                continue
+            holder_state = others[name]
+        if holder_state == key.name:
             continue
-        holder = f"state {existing.state!r}" if existing.state else "a hand-written HelmfileRelease"
+        holder = f"state {holder_state!r}" if holder_state else "a hand-written HelmfileRelease"
         raise RenderError(
             f"spec.releases[{index}].name",
             f"its HelmfileRelease {release.resource_name!r} already belongs to {holder}; "
