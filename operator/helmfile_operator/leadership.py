@@ -173,8 +173,13 @@ class LeaderElector:
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:  # the API server may be unreachable: next round
+                    status = getattr(error, "status", None)  # 403: the Lease RBAC is missing
                     logger.warning(
-                        "Lease %s/%s: %s", self.namespace, self.name, type(error).__name__
+                        "Lease %s/%s: %s%s",
+                        self.namespace,
+                        self.name,
+                        type(error).__name__,
+                        f" (HTTP {status})" if status else "",
                     )
             if self.is_leader:
                 if outcome is _Outcome.OTHER or not self.may_act():

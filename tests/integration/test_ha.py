@@ -370,8 +370,8 @@ def test_a_leader_cut_off_from_the_api_server_stops_before_its_lease_expires(
             assert exited_at < took_over_at
             assert first.process.returncode == 1
             assert helm_processes_of(leader_pid) == []
-            assert "leadership lost" in first.log()
-            assert re.search(r"killed [1-9]\d* helm process", first.log())
+            # (helm, cut off too, may have failed on its own before the kill)
+            assert re.search(r"leadership lost: killed \d+ helm process", first.log())
             first.process = None
 
             cluster.run("kubectl", "label", "node", NODE, f"{label}=yes")

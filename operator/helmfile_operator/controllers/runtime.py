@@ -224,15 +224,17 @@ class Controller:
         self._exit_process(1)
 
     async def stop(self) -> None:
-        if self._election is not None:
-            self._election.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._election
         if self._audit is not None:
             self._audit.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._audit
-        await self.queue.stop_workers()  # cancels the passes: their helm processes are ended
+        # Cancels the passes: their helm processes are ended (SIGTERM, then SIGKILL after the
+        # grace). The Lease is still renewed meanwhile, so no standby acts before they are gone.
+        await self.queue.stop_workers()
+        if self._election is not None:
+            self._election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._election
         if self.elector is not None:
             await self.elector.release()  # a standby takes over at once, not after the lease
         await self.events.stop()
