@@ -169,7 +169,10 @@ class LeaderElector:
             outcome = _Outcome.FAILED
             if budget > 0:
                 try:
-                    outcome = await asyncio.wait_for(self._attempt(budget), budget)
+                    # Not asyncio.wait_for: on 3.11 it can swallow a cancellation that races
+                    # the inner call's end, and the loop would outlive its cancel.
+                    async with asyncio.timeout(budget):
+                        outcome = await self._attempt(budget)
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:  # the API server may be unreachable: next round

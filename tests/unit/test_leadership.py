@@ -254,3 +254,17 @@ def test_each_shard_has_its_own_lease() -> None:
     assert Settings(shard="eu-1").lease_name == "helmfile-operator-shard-eu-1"
     with pytest.raises(ValueError, match="shard"):
         Settings(shard="Not_A_Name")
+
+
+async def test_a_cancelled_election_always_ends() -> None:
+    # A cancellation that races the end of a Lease call must not be lost (asyncio.wait_for on
+    # Python 3.11 loses it): shutdown awaits the election task.
+    api = FakeLeases()
+    for attempt in range(300):
+        replica = Replica(api, f"r{attempt % 3}", Timings(0.6, 0.4, 0.001))
+        for _ in range(attempt % 7):
+            await asyncio.sleep(0)
+        replica.task.cancel()
+        async with asyncio.timeout(2):
+            await asyncio.gather(replica.task, return_exceptions=True)
+        assert replica.task.cancelled()
