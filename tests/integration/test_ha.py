@@ -20,6 +20,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+from test_rbac import (
+    CHART,
+    STATE,
+    TENANT,
+    Setup,
+    apply_objects,
+    bind_tenant,
+    demo_state,
+    remove_namespace,
+    render_rbac,
+    token_kubeconfig,
+)
+from test_rbac import setup as rbac_setup  # noqa: F401 (a fixture: two fresh namespaces)
+
 from testbed_fixtures import (
     ChartRepo,
     Cluster,
@@ -475,3 +490,63 @@ def test_each_shard_s_helm_runs_happen_only_in_its_own_operator(
     finally:
         cleaned_up(cluster, namespace, *processes.values())
         operator.start()
+
+
+# --- the chart's Lease RBAC ---------------------------------------------------------------------
+
+
+def test_the_chart_s_lease_role_is_what_leader_election_needs(
+    cluster: Cluster,
+    chart_repo: ChartRepo,
+    rbac_setup: Setup,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """The operator logged in as the chart's ServiceAccount, with the chart's namespaced RBAC:
+    without the leader-election Role it never acts (a standby forever, saying why); with it, it
+    leads and reconciles. The state carries a shard key of its own: no other operator sees it."""
+    setup = rbac_setup
+    shard = f"ha-{uuid.uuid4().hex[:6]}"
+    ns = setup.namespace
+    setup.manifests = render_rbac(cluster, setup, True)
+    lease_rbac = [
+        doc
+        for doc in yaml.safe_load_all(
+            cluster.run(
+                "helm", "template", setup.release, str(CHART), "--namespace", setup.system,
+                "--show-only=templates/leader-election-role.yaml",
+            ).stdout
+        )
+        if doc
+    ]  # fmt: skip
+    assert sorted(doc["kind"] for doc in lease_rbac) == ["Role", "RoleBinding"]
+    assert {doc["metadata"]["namespace"] for doc in lease_rbac} == {setup.system}
+    apply_objects(cluster, setup.manifests)
+    kubeconfig = token_kubeconfig(cluster, setup, tmp_path / "kubeconfig")
+    cluster.run("kubectl", "create", "serviceaccount", TENANT, "-n", ns)
+    bind_tenant(cluster, ns)
+    restricted = operator_process(
+        cluster, tmp_path / "restricted", ns, shard=shard, kubeconfig=kubeconfig
+    )
+    restricted.env_overrides["HELMFILE_OPERATOR_LEADER_ELECTION_NAMESPACE"] = setup.system
+    body = demo_state(setup, chart_repo.url, "one")
+    body["metadata"]["labels"] = {SHARD_LABEL: shard}
+    try:
+        restricted.start()
+        apply(cluster, body)
+        wait_until(lambda: "(HTTP 403)" in restricted.log(), timeout=30, message="a 403")
+        time.sleep(RENEW_DEADLINE)
+        assert role(restricted) == "standby"
+        assert cluster.kubectl_json("get", "hfr", "-n", ns)["items"] == []  # nothing acted
+
+        setup.manifests += lease_rbac
+        apply_objects(cluster, lease_rbac)
+        wait_until(lambda: role(restricted) == "leader", timeout=30, message="the leader")
+        wait_until(
+            lambda: state_ready_at_generation(cluster, ns, STATE),
+            timeout=180,
+            message="the state Ready with the chart's RBAC",
+        )
+        cluster.run("kubectl", "delete", "hfs", STATE, "-n", ns, "--timeout=120s", timeout=150)
+    finally:
+        restricted.stop()
+        remove_namespace(cluster, ns)
