@@ -205,7 +205,8 @@ class LeaderElector:
                 self.is_leader = True
                 logger.info("Lease %s/%s: acquired by %s", self.namespace, self.name, self.identity)
                 self.on_started()
-                continue  # renew on the leader's schedule
+                await asyncio.sleep(t.retry_period)  # then renew on the leader's schedule
+                continue
             # Standbys retry with jitter, so that they do not all ask at once.
             await asyncio.sleep(t.retry_period * random.uniform(1.0, 1.2))  # noqa: S311
 
