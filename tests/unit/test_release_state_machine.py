@@ -270,6 +270,21 @@ async def test_a_need_of_another_shard_is_reported_not_waited_for(world: World) 
     assert_condition(world, "Ready", "Unknown", "NeedsNotReady", name="api")
 
 
+async def test_a_release_relabelled_into_another_shard_is_left_to_it(world: World) -> None:
+    await installed(world)
+    world.queue.add_after(key("web"), 600)  # its interval resync, scheduled by the last pass
+    labels = world.kube.objects[(RELEASES, NAMESPACE, "web")]["metadata"].setdefault("labels", {})
+    labels[SHARD_LABEL] = "b"  # this operator is unsharded
+    world.kube.update_spec(RELEASES, NAMESPACE, "web", values={"replicas": 2})
+    calls, writes = len(world.helm.calls), len(world.kube.writes)
+
+    await reconcile(world)
+
+    assert world.helm.calls[calls:] == []
+    assert world.kube.writes[writes:] == []
+    assert world.pending_delay(key("web")) is None  # never resynced here again
+
+
 # --- failures, remediation, retries -------------------------------------------------------------
 
 

@@ -360,10 +360,17 @@ async def test_suspended_state_suspends_its_children(world: World) -> None:
     assert body is not None and body["spec"]["suspend"] is False
 
 
+def in_shard(world: World, shard: str) -> None:
+    """The operator runs with `--shard SHARD` ("": unsharded)."""
+    settings = world.reconciler.settings
+    world.reconciler.settings = settings.model_copy(update={"shard": shard})
+
+
 async def test_the_shard_label_of_the_state_is_copied_to_its_children(world: World) -> None:
     body = state_body()
     body["metadata"]["labels"] = {SHARD_LABEL: "a"}
     world.kube.create(STATES, body)
+    in_shard(world, "a")
     await reconcile(world)
     for release in ("db", "api"):
         labels = (child(world, release) or {})["metadata"]["labels"]
@@ -376,6 +383,8 @@ async def test_the_shard_label_of_the_state_is_copied_to_its_children(world: Wor
             del labels[SHARD_LABEL]
         else:
             labels[SHARD_LABEL] = wanted
+        # The state's new shard's operator renders it (the old one's watch dropped it).
+        in_shard(world, wanted or "")
         await reconcile(world)
         for release in ("db", "api"):
             labels = (child(world, release) or {})["metadata"]["labels"]
@@ -530,3 +539,12 @@ async def test_a_child_name_held_in_another_shard_is_not_taken_over(world: World
     stalled = condition(state(world), "Stalled")
     assert stalled is not None
     assert "already belongs to state 'other'" in stalled["message"]
+
+
+async def test_a_state_of_another_shard_is_not_rendered(world: World) -> None:
+    body = state_body()
+    body["metadata"]["labels"] = {SHARD_LABEL: "b"}  # this operator is unsharded
+    world.kube.create(STATES, body)
+    await reconcile(world)
+    assert children(world) == []
+    assert world.kube.writes == []

@@ -165,6 +165,13 @@ class Reconciler:
     # Renders of states at once: each may use up to its memory budget (render/templates.py).
     render_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
+    def in_shard(self, body: Mapping[str, Any]) -> bool:
+        """Whether this operator's shard reconciles the object. The watch delivers only those,
+        but an object relabelled during a pass would otherwise be resynced here forever after
+        (the pass requeues it): each pass checks what it read."""
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        return str(labels.get(SHARD_LABEL) or "") == self.settings.shard
+
     def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the object (posted in the background, de-duplicated)."""
         self.events.record(body, type_, reason, message)

@@ -62,7 +62,7 @@ ROLLOUT_ROLLED_BACK = "RolloutRolledBack"
 
 async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
     body = await reconciler.kube.get(RELEASES, key.namespace, key.name)
-    if body is None:
+    if body is None or not reconciler.in_shard(body):  # gone, or another shard's now
         reconciler.queue.remove(key)
         return
     status = HelmfileReleaseStatus.model_validate(body.get("status") or {})

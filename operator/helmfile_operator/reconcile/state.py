@@ -65,6 +65,9 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     body = await kube.get(STATES, key.namespace, key.name)
     if body is None:
         return
+    if not reconciler.in_shard(body):  # relabelled meanwhile: another shard's now
+        reconciler.queue.remove(key)
+        return
     metadata = body["metadata"]
     generation = metadata.get("generation")
     status = HelmfileStateStatus.model_validate(body.get("status") or {})
