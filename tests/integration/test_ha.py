@@ -492,6 +492,53 @@ def test_each_shard_s_helm_runs_happen_only_in_its_own_operator(
         operator.start()
 
 
+def test_a_state_relabelled_into_another_shard_moves_with_its_releases(
+    cluster: Cluster, chart_repo: ChartRepo, crds: None, namespace: str, tmp_path: Path
+) -> None:
+    keys = [f"ha-{uuid.uuid4().hex[:6]}", f"ha-{uuid.uuid4().hex[:6]}"]
+    first, second = (
+        operator_process(cluster, tmp_path / key, namespace, shard=key, elect=False) for key in keys
+    )
+    try:
+        first.start()
+        second.start()
+        apply(cluster, state("moving", namespace, chart_repo.url, [release("m1")], keys[0]))
+        wait_until(
+            lambda: state_ready_at_generation(cluster, namespace, "moving"),
+            timeout=120,
+            message="the state Ready in the first shard",
+        )
+        assert {name for _, name in helm_runs(first)} == {"m1"}
+        assert 'name="moving-m1"' in first.scrape()
+        before_move = helm_runs(first)
+
+        apply(cluster, state("moving", namespace, chart_repo.url, [release("m1", v=2)], keys[1]))
+        wait_until(
+            lambda: state_ready_at_generation(cluster, namespace, "moving"),
+            timeout=120,
+            message="the state Ready in the second shard",
+        )
+        child = cluster.kubectl_json("get", "hfr", "moving-m1", "-n", namespace)
+        assert child["metadata"]["labels"][SHARD_LABEL] == keys[1]
+        wait_until(
+            lambda: upgrades_completed(cluster, namespace, "m1") == 1,
+            timeout=60,
+            message="the upgrade by the second shard",
+        )
+        # The change ran in the new shard only; the old one's watch reported both objects as
+        # deleted (their per-object series are gone) and it ran nothing more.
+        assert ("upgrade", "m1") in helm_runs(second)
+        wait_until(
+            lambda: 'name="moving' not in first.scrape(),
+            timeout=30,
+            message="the old shard to forget the objects",
+        )
+        assert helm_runs(first) == before_move
+        assert len(helm_history(cluster, namespace, "m1")) == 2
+    finally:
+        cleaned_up(cluster, namespace, second, first)
+
+
 # --- the chart's Lease RBAC ---------------------------------------------------------------------
 
 
