@@ -314,9 +314,10 @@ class Operator:
     """`helmfile-operator run` as a child process of the harness, so that /proc/<pid>/stat's
     cutime/cstime (helm processes it has reaped) belong to it alone."""
 
-    def __init__(self, ctx: Context, directory: Path) -> None:
+    def __init__(self, ctx: Context, directory: Path, args: tuple[str, ...] = ()) -> None:
         self.ctx = ctx
         self.directory = directory
+        self.args = args  # added to `helmfile-operator run` (e.g. `--shard KEY`)
         self.health_port = free_port()
         self.metrics_port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
@@ -339,7 +340,7 @@ class Operator:
             env["PYTHONPATH"] = str(self.ctx.operator_pythonpath)
         with (self.directory / "operator.log").open("ab") as log:
             self.process = subprocess.Popen(
-                [str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator"), "run"],
+                [str(REPO_ROOT / ".venv" / "bin" / "helmfile-operator"), "run", *self.args],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -426,11 +427,15 @@ def state_manifest(
     indices: list[int],
     extra_spec: dict[str, Any] | None = None,
     values: Callable[[int], list[dict[str, Any]]] = release_values,
+    shard: str | None = None,
 ) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "bench", "namespace": namespace}
+    if shard is not None:
+        metadata["labels"] = {"helmfile.dev/shard": shard}
     return {
         "apiVersion": "helmfile.dev/v1alpha1",
         "kind": "HelmfileState",
-        "metadata": {"name": "bench", "namespace": namespace},
+        "metadata": metadata,
         "spec": {
             "repositories": [{"name": "bench", "url": ctx.repo.url}],
             "helmDefaults": {
@@ -691,3 +696,77 @@ def _plan(
         manifest_objects=manifest_objects, updated_objects=updated, others_cores=busy,
         control_plane_cpu=control_plane,
     )  # fmt: skip
+
+
+def run_sharded(ctx: Context, size: int, states: int, shards: int, label: str) -> dict[str, Phase]:
+    """Convergence only: the releases over `states` states in as many namespaces, the states
+    labelled with `shards` shard keys in turn, one operator process per shard (`--shard KEY`).
+    CPU is both processes' (with their helm); `helm` counts each shard's processes apart, so
+    the table shows the split of the work."""
+    groups = split(size, states)
+    namespaces = [f"bench-shard{len(groups)}-{k}" for k in range(len(groups))]
+    keys = [f"s{k}" for k in range(shards)]
+    directory = ctx.workdir / label
+    directory.mkdir(parents=True)
+    for namespace in namespaces:
+        ctx.api.create_namespace(namespace)
+        ctx.api.grant_tenant(namespace)
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            state_manifest(ctx, ns, idx, shard=keys[k % shards])
+            for k, (ns, idx) in enumerate(zip(namespaces, groups, strict=True))
+        ],
+    }
+    (directory / "states.json").write_text(json.dumps(manifest))
+    expected = {ns: len(idx) for ns, idx in zip(namespaces, groups, strict=True)}
+    operators = {key: Operator(ctx, directory / key, ("--shard", key)) for key in keys}
+    watch = ctx.watch
+    try:
+        for key, operator in operators.items():
+            (directory / key).mkdir()
+            operator.start()
+        before = {key: operator.scrape() for key, operator in operators.items()}
+        cpu_before = [ctx.quiet(operator.pid) for operator in operators.values()]
+
+        def converged() -> bool:
+            for ns, count in expected.items():
+                seen = watch.states.get((ns, "bench"))
+                if seen is None or not (seen.current and seen.ready and seen.ready_count == count):
+                    return False
+            return True
+
+        started = time.monotonic()
+        others = Others(ctx)
+        ctx.bed.kubectl("apply", "--server-side", "-f", str(directory / "states.json"))
+        done = watch.wait(converged, ctx.timeout, f"{label}: states Ready")
+        control_plane = others.control_plane()
+        cpu_after = [ctx.quiet(operator.pid) for operator in operators.values()]
+        used = [after - before_ for after, before_ in zip(cpu_after, cpu_before, strict=True)]
+        cpu = sum(u.total for u in used)
+        busy = others.cores(contender_cpu=cpu)
+        helm: dict[str, int] = {}
+        errors = 0
+        for key, operator in operators.items():
+            counts, failed = _helm_phase(before[key], operator.scrape())
+            helm.update({f"{command} ({key})": n for command, n in counts.items()})
+            errors += failed
+        memory = [measure.proc_memory(operator.pid).get("VmHWM") for operator in operators.values()]
+        return {
+            "converge": Phase(
+                wall=done - started,
+                cpu=cpu,
+                cpu_own=sum(u.own for u in used),
+                helm=helm,
+                helm_errors=errors,
+                peak_rss_mib=max((m for m in memory if m), default=None),
+                objects=size,
+                others_cores=busy,
+                control_plane_cpu=control_plane,
+            )
+        }
+    finally:
+        for operator in operators.values():
+            operator.stop()
+        ctx.api.delete_namespaces(namespaces)

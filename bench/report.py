@@ -20,6 +20,8 @@ LABELS = {
     "helmfile-apply": "helmfile apply",
     "operator-1": "operator, 1 state",
     "operator-10": "operator, 10 states",
+    # Two operator processes, `--shard s0` and `--shard s1`, the 10 states split between them.
+    "operator-2-shards": "operator, 2 shards (10 states)",
 }
 OPERATORS = ("operator-1", "operator-10")
 

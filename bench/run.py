@@ -45,7 +45,7 @@ from cluster import (
     testbin_dir,
     version_of,
 )
-from contenders import Context, Phase, run_helmfile, run_operator, run_raw
+from contenders import Context, Phase, run_helmfile, run_operator, run_raw, run_sharded
 from watch import Watch
 
 DEFAULT_SIZES = (10, 100, 300)
@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                             phases = run_raw(ctx, size, label)
                         elif contender.startswith("helmfile"):
                             phases = run_helmfile(ctx, size, contender.split("-")[1], label)
+                        elif contender == "operator-2-shards":
+                            phases = run_sharded(ctx, size, args.states, 2, label)
                         else:
                             states = 1 if contender == "operator-1" else args.states
                             drift = rep == 0 and not args.no_drift

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
+import functools
 import json
 import urllib.parse
 from typing import Any
@@ -60,6 +62,7 @@ class Kube:
         self.identity = identity  # the user this client impersonates (None: the operator)
         self.cluster = cluster  # a remote cluster's server URL (None: the operator's own)
         self._as: collections.OrderedDict[str, Kube] = collections.OrderedDict()
+        self._lease_thread: concurrent.futures.ThreadPoolExecutor | None = None
 
     def impersonating(self, identity: str | None) -> Kube:
         """The same API, as `identity` (e.g. `system:serviceaccount:ns:name`): its RBAC, not the
@@ -160,6 +163,7 @@ class Kube:
         query: dict[str, str] | None,
         body: Any,
         content_type: str,
+        timeout: tuple[float, float] = REQUEST_TIMEOUT,
     ) -> Any:
         """One request (in a worker thread): the parsed JSON answer, or ApiException."""
         headers = {"Accept": JSON}
@@ -172,7 +176,7 @@ class Kube:
         )
         try:
             response = self.api_client.call_api(
-                method, url, header_params=headers, body=body, _request_timeout=REQUEST_TIMEOUT
+                method, url, header_params=headers, body=body, _request_timeout=timeout
             )
         except urllib3.exceptions.HTTPError as error:  # never with a body: no data to leak
             host = self.api_client.configuration.host
@@ -201,8 +205,13 @@ class Kube:
         query: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = JSON,
+        request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        executor: concurrent.futures.Executor | None = None,
     ) -> Any:
-        return await asyncio.to_thread(self._send, method, path, query, body, content_type)
+        call = functools.partial(
+            self._send, method, path, query, body, content_type, request_timeout
+        )
+        return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     async def _maybe(self, method: str, path: str, **kwargs: Any) -> Any:
         """The answer, or None on 404."""
@@ -340,6 +349,62 @@ class Kube:
     async def create_event(self, namespace: str, body: Body) -> None:
         await self._request("POST", self._core("events", namespace), body=body)
 
+    # --- Leases (leader election; `timeout` is bounded by the renew deadline) ---
+
+    def _lease_executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """A thread of their own: reconcile threads all busy must not delay a renewal."""
+        if self._lease_thread is None:
+            self._lease_thread = concurrent.futures.ThreadPoolExecutor(1, "lease")
+        return self._lease_thread
+
+    async def get_lease(
+        self, namespace: str, name: str, request_timeout: tuple[float, float] = REQUEST_TIMEOUT
+    ) -> Body | None:
+        result: Body | None = await self._maybe(
+            "GET",
+            _lease(namespace, name),
+            request_timeout=request_timeout,
+            executor=self._lease_executor(),
+        )
+        return result
+
+    async def create_lease(
+        self, namespace: str, body: Body, request_timeout: tuple[float, float] = REQUEST_TIMEOUT
+    ) -> Body | None:
+        """The Lease as created, or None when one of that name exists (409)."""
+        try:
+            result: Body = await self._request(
+                "POST",
+                _lease(namespace, None),
+                body=body,
+                request_timeout=request_timeout,
+                executor=self._lease_executor(),
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        return result
+
+    async def replace_lease(
+        self, namespace: str, body: Body, request_timeout: tuple[float, float] = REQUEST_TIMEOUT
+    ) -> Body | None:
+        """PUT with the body's resourceVersion: the Lease as written, or None when someone else
+        wrote it since it was read (409) — optimistic concurrency, as client-go's lock."""
+        try:
+            result: Body = await self._request(
+                "PUT",
+                _lease(namespace, body["metadata"]["name"]),
+                body=body,
+                request_timeout=request_timeout,
+                executor=self._lease_executor(),
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return None
+            raise
+        return result
+
     # --- core objects (tenant data: read through `impersonating`) ---
 
     async def get_secret(self, namespace: str, name: str) -> Body | None:
@@ -406,6 +471,11 @@ def secret_text(secret: Body, key: str) -> str | None:
         return base64.b64decode(raw, validate=True).decode()
     except ValueError:  # binascii.Error, UnicodeDecodeError: their messages quote the bytes
         raise ValueError(f"key {key!r} is not UTF-8 text") from None
+
+
+def _lease(namespace: str, name: str | None) -> str:
+    path = f"/apis/coordination.k8s.io/v1/namespaces/{_q(namespace)}/leases"
+    return f"{path}/{_q(name)}" if name is not None else path
 
 
 def merge_patch_between(before: Body, after: Body) -> Body:

@@ -27,6 +27,8 @@ from helmfile_operator import __version__
 # Helm actions take seconds to minutes; a reconcile without helm takes milliseconds.
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
+_STANDBY_SAMPLES = ("helmfile_operator_build_info", "helmfile_operator_leader")
+
 CONDITION_TYPES = ("Ready", "Reconciling", "Stalled", "Released", "Remediated", "Drifted")
 _STATUSES = ("True", "False", "Unknown")
 
@@ -133,8 +135,14 @@ class Metrics:
         )
         self.build_info = Gauge(
             "helmfile_operator_build_info",
-            "Versions of the operator and helm.",
-            ["version", "helm_version"],
+            'Versions of the operator and helm, and the shard it reconciles ("": unsharded).',
+            ["version", "helm_version", "shard"],
+            registry=r,
+        )
+        self.leader = Gauge(
+            "helmfile_operator_leader",
+            "1 while this replica acts (holds its shard's Lease, or runs without leader "
+            "election), 0 while it stands by.",
             registry=r,
         )
 
@@ -162,11 +170,16 @@ class Metrics:
         _forget_conditions(self.state_condition, namespace, name)
         _remove(self.state_last_success, namespace, name)
 
-    def set_build_info(self, helm_version: str) -> None:
+    def set_build_info(self, helm_version: str, shard: str = "") -> None:
         self.build_info.clear()
-        self.build_info.labels(__version__, helm_version).set(1)
+        self.build_info.labels(__version__, helm_version, shard).set(1)
 
-    def exposition(self) -> bytes:
+    def exposition(self, *, standby: bool = False) -> bytes:
+        """The text format. A standby shows only what describes the process (`build_info`,
+        `leader`): it watches and queues every object too, and its per-object series and queue
+        gauges would count each object twice in sums over the pods."""
+        if standby:
+            return generate_latest(self.registry.restricted_registry(_STANDBY_SAMPLES))
         return generate_latest(self.registry)
 
 
@@ -193,16 +206,24 @@ def _forget_conditions(gauge: Gauge, namespace: str, name: str) -> None:
             _remove(gauge, namespace, name, type_, status)
 
 
-async def start_server(port: int, metrics_: Metrics, ready: Callable[[], bool]) -> web.AppRunner:
-    """/metrics and /readyz on `port` (all interfaces: Prometheus scrapes the pod IP)."""
+async def start_server(
+    port: int,
+    metrics_: Metrics,
+    ready: Callable[[], bool],
+    role: Callable[[], str] = lambda: "leader",
+) -> web.AppRunner:
+    """/metrics and /readyz on `port` (all interfaces: Prometheus scrapes the pod IP). /readyz
+    answers 200 on a standby too (`ok: standby`): a standby is a healthy pod, and a rollout must
+    not wait for a new pod to become the leader."""
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=metrics_.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        body = metrics_.exposition(standby=role() == "standby")
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.Response(text="ok\n") if ready() else web.Response(status=503, text="starting\n")
+        if not ready():
+            return web.Response(status=503, text="starting\n")
+        return web.Response(text=f"ok: {role()}\n")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -74,3 +74,60 @@ class Settings(BaseSettings):
         description="How often the release index is checked against the API (0: never); "
         "prunes objects whose deletion a watch gap hid.",
     )
+    shard: str = Field(
+        default="",
+        max_length=63,
+        # A DNS label: it is a label value and part of the Lease's name.
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description="Reconcile only states and releases labelled helmfile.dev/shard=SHARD "
+        "(lowercase letters, digits, `-`). Empty: only those without the label.",
+    )
+    leader_election: bool = Field(
+        default=False,
+        description="Act only while holding a coordination.k8s.io Lease, so that several "
+        "replicas can run: one acts, the others stand by with warm watches.",
+    )
+    leader_election_namespace: str = Field(
+        default="",
+        description="Namespace of the Lease. Empty: the pod's own namespace (its ServiceAccount "
+        "token's), else `default`.",
+    )
+    leader_election_id: str = Field(
+        default="helmfile-operator",
+        max_length=200,
+        description="Name of the Lease; a shard's Lease adds `-shard-SHARD`.",
+    )
+    lease_duration_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="How long a standby waits, after it last saw the Lease renewed, before it "
+        "takes it over.",
+    )
+    renew_deadline_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="A leader that could not renew for this long stops: no helm process starts, "
+        "those running are killed and the process exits. Below lease_duration_seconds.",
+    )
+    retry_period_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often the leader renews, and a standby checks, the Lease.",
+    )
+
+    @model_validator(mode="after")
+    def _lease_timings(self) -> Self:
+        # The gap between the two is the margin in which a leader that lost the API stops
+        # acting before a standby can take over.
+        if self.renew_deadline_seconds >= self.lease_duration_seconds:
+            raise ValueError("renew_deadline_seconds must be below lease_duration_seconds")
+        if self.retry_period_seconds >= self.renew_deadline_seconds:
+            raise ValueError("retry_period_seconds must be below renew_deadline_seconds")
+        return self
+
+    @property
+    def lease_name(self) -> str:
+        """The Lease of this operator's shard: each shard elects its own leader."""
+        if not self.shard:
+            return self.leader_election_id
+        return f"{self.leader_election_id}-shard-{self.shard}"

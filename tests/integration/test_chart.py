@@ -32,6 +32,8 @@ VARIANTS = {
     "watch-namespaces": ["--set=watchNamespaces={team-a,team-b}"],
     "helm-admin-json-logs": ["--set=rbac.helmAdmin=true", "--set=logFormat=json"],
     "hardened": ["--set=tmp.medium=Memory", "--set=rbac.tenantServiceAccountNames={deployer}"],
+    "two-shards": ["--set=shards={a,b}"],
+    "one-replica-no-election": ["--set=replicaCount=1", "--set=leaderElection.enabled=false"],
 }
 
 
@@ -105,7 +107,11 @@ def test_lint_is_clean(cluster: Cluster, flags: list[str]) -> None:
 @pytest.mark.parametrize(
     "flag",
     [
-        "--set=replicaCount=2",
+        "--set=replicaCount=0",
+        "--set=shards={Not_A_Key}",
+        "--set=shards={a,a}",
+        "--set=podAntiAffinity=sometimes",
+        "--set=leaderElection.leaseDurationSeconds=0",
         "--set=logFormat=xml",
         "--set=watchNamespaces={Not_A_Namespace}",
         "--set=image.pullPolicy=Sometimes",
@@ -118,21 +124,61 @@ def test_schema_rejects_bad_values(cluster: Cluster, flag: str) -> None:
     assert result.returncode != 0 and "[ERROR]" in result.stdout, result.stdout
 
 
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--set=replicaCount=2", "--set=leaderElection.enabled=false"],
+        ["--set=leaderElection.renewDeadlineSeconds=15"],
+        ["--set=leaderElection.retryPeriodSeconds=10"],
+    ],
+    ids=["replicas-without-election", "deadline-not-below-duration", "retry-not-below-deadline"],
+)
+def test_unsafe_leader_election_values_fail_to_render(cluster: Cluster, flags: list[str]) -> None:
+    result = cluster.run("helm", "template", "hfo", str(CHART), *flags, check=False)
+    assert result.returncode != 0 and "leaderElection" in result.stderr, result.stderr
+
+
 def test_cluster_wide_rendering(cluster: Cluster) -> None:
     objects = render(cluster)
     assert sorted(o["kind"] for o in objects) == [
-        "ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-        "ServiceAccount",
+        "ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "PodDisruptionBudget",
+        "Role", "RoleBinding", "Service", "ServiceAccount",
     ]  # fmt: skip
     deployment = only(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one acting: a new pod starts as a standby, so a rolling update is safe.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }  # fmt: skip
+    selector = spec["selector"]["matchLabels"]
+    anti = spec["template"]["spec"]["affinity"]["podAntiAffinity"]
+    (preferred,) = anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"] == {
+        "labelSelector": {"matchLabels": selector}, "topologyKey": "kubernetes.io/hostname",
+    }  # fmt: skip
+    budget = only(objects, "PodDisruptionBudget")["spec"]
+    assert budget == {"maxUnavailable": 1, "selector": {"matchLabels": selector}}
+    lease_role = only(objects, "Role")
+    assert lease_role["metadata"]["namespace"] == "hfo-system"
+    assert rules_of(lease_role) == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("get", "create", "update")
+    }
+    assert only(objects, "RoleBinding")["roleRef"]["name"] == lease_role["metadata"]["name"]
     pod = spec["template"]["spec"]
     (container,) = pod["containers"]
     assert container["image"] == "ghcr.io/helmfile-operator/helmfile-operator:0.1.0"
     assert container["args"] == ["run", "--log-format=text"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["HELMFILE_OPERATOR_MAX_CONCURRENT_HELM"] == "8"
+    assert env["HELMFILE_OPERATOR_LEADER_ELECTION"] == "true"
+    assert env["HELMFILE_OPERATOR_LEASE_DURATION_SECONDS"] == "15"
+    assert env["HELMFILE_OPERATOR_RENEW_DEADLINE_SECONDS"] == "10"
+    assert env["HELMFILE_OPERATOR_RETRY_PERIOD_SECONDS"] == "2"
+    (namespace_env,) = [
+        e for e in container["env"] if e["name"] == "HELMFILE_OPERATOR_LEADER_ELECTION_NAMESPACE"
+    ]
+    assert namespace_env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -155,6 +201,9 @@ def test_cluster_wide_rendering(cluster: Cluster) -> None:
     ]
     account = only(objects, "ServiceAccount")["metadata"]["name"]
     assert pod["serviceAccountName"] == account
+    assert service["spec"]["selector"] == {
+        "app.kubernetes.io/instance": "hfo", "app.kubernetes.io/component": "operator",
+    }  # fmt: skip
     role = operator_cluster_role(objects)
     assert rules_of(role) == OPERATOR_RULES | CRD_RULES
     binding = only(objects, "ClusterRoleBinding")
@@ -162,6 +211,50 @@ def test_cluster_wide_rendering(cluster: Cluster) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account, "namespace": "hfo-system"}
     ]
+
+
+def test_one_replica_without_leader_election_is_recreated(cluster: Cluster) -> None:
+    objects = render(cluster, *VARIANTS["one-replica-no-election"])
+    spec = only(objects, "Deployment")["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in spec["template"]["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    assert not any("LEADER_ELECTION" in e["name"] for e in container["env"])
+    assert not find(objects, "PodDisruptionBudget") and not find(objects, "Role")
+
+
+def test_each_shard_gets_a_deployment_of_its_own(cluster: Cluster) -> None:
+    objects = render(cluster, *VARIANTS["two-shards"])
+    deployments = {d["metadata"]["name"]: d for d in find(objects, "Deployment")}
+    assert set(deployments) == {
+        "hfo-helmfile-operator", "hfo-helmfile-operator-shard-a", "hfo-helmfile-operator-shard-b",
+    }  # fmt: skip
+    selectors = {}
+    for name, deployment in deployments.items():
+        pod = deployment["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        shard = name.rpartition("-shard-")[2] if "-shard-" in name else None
+        assert container["args"] == ["run", "--log-format=text"] + (
+            [f"--shard={shard}"] if shard else []
+        )
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        assert pod["metadata"]["labels"].items() >= selector.items()
+        selectors[name] = selector
+    # No Deployment's selector matches another's pods (the main one keeps its old selector).
+    for name, selector in selectors.items():
+        for other, deployment in deployments.items():
+            labels = deployment["spec"]["template"]["metadata"]["labels"]
+            assert (labels.items() >= selector.items()) == (name == other), (name, other)
+    assert selectors["hfo-helmfile-operator"] == {
+        "app.kubernetes.io/name": "helmfile-operator", "app.kubernetes.io/instance": "hfo",
+    }  # fmt: skip
+    budgets = {b["metadata"]["name"]: b["spec"]["selector"]["matchLabels"] for b in
+               find(objects, "PodDisruptionBudget")}  # fmt: skip
+    assert budgets == selectors
+    # One Service over all of them: each pod's metrics (standbys' too) are scraped.
+    service = only(objects, "Service")["spec"]["selector"]
+    for deployment in deployments.values():
+        assert deployment["spec"]["template"]["metadata"]["labels"].items() >= service.items()
 
 
 def test_namespaced_rendering(cluster: Cluster) -> None:
@@ -174,6 +267,7 @@ def test_namespaced_rendering(cluster: Cluster) -> None:
     assert set(roles) == {
         ("team-a", "hfo-helmfile-operator"),
         ("team-b", "hfo-helmfile-operator"),
+        ("hfo-system", "hfo-helmfile-operator-leader-election"),
     }
     assert rules_of(roles["team-a", "hfo-helmfile-operator"]) == OPERATOR_RULES
     bindings = {
@@ -322,14 +416,26 @@ def test_dashboard_is_valid_and_uses_defined_metrics(cluster: Cluster) -> None:
 # --- install on the test bed --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("watch_own_namespace", [False, True], ids=["cluster-wide", "namespaced"])
+@pytest.mark.parametrize(
+    ("watch_own_namespace", "shards"),
+    [(False, []), (True, []), (False, ["a", "b"])],
+    ids=["cluster-wide", "namespaced", "two-shards"],
+)
 def test_chart_installs_and_becomes_available(
-    cluster: Cluster, crds: None, namespace: str, watch_own_namespace: bool, tmp_path: Path
+    cluster: Cluster,
+    crds: None,
+    namespace: str,
+    watch_own_namespace: bool,
+    shards: list[str],
+    tmp_path: Path,
 ) -> None:
     release = f"hfo-chart-{uuid.uuid4().hex[:6]}"  # its ClusterRole is cluster-scoped: unique
     flags = [*FAKE_IMAGE, *MONITORING[2:]]  # the dashboard ConfigMap needs no extra CRDs
+    flags.append("--set=replicaCount=2")
     if watch_own_namespace:
         flags.append(f"--set=watchNamespaces={{{namespace}}}")
+    if shards:
+        flags.append(f"--set=shards={{{','.join(shards)}}}")
     try:
         cluster.run(
             "helm", "install", release, str(CHART), "--namespace", namespace, "--skip-crds",
@@ -337,28 +443,40 @@ def test_chart_installs_and_becomes_available(
             timeout=180,
         )  # fmt: skip
         deployment = f"{release}-helmfile-operator"
-        cluster.run(
-            "kubectl", "wait", "-n", namespace, f"deployment/{deployment}",
-            "--for=condition=Available", "--timeout=60s",
-        )  # fmt: skip
+        deployments = [deployment, *(f"{deployment}-shard-{key}" for key in shards)]
+        for name in deployments:
+            cluster.run(
+                "kubectl", "wait", "-n", namespace, f"deployment/{name}",
+                "--for=condition=Available", "--timeout=60s",
+            )  # fmt: skip
         selector = f"app.kubernetes.io/instance={release}"
         cluster.run(
             "kubectl", "wait", "-n", namespace, "pod", "-l", selector,
             "--for=condition=Ready", "--timeout=60s",
         )  # fmt: skip
         pods = cluster.kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
-        assert len(pods) == 1
-        assert pods[0]["spec"]["serviceAccountName"] == deployment
+        assert len(pods) == 2 * len(deployments)
+        assert {pod["spec"]["serviceAccountName"] for pod in pods} == {deployment}
         kinds = {
             (item["kind"], item["metadata"]["name"])
             for item in cluster.kubectl_json(
-                "get", "serviceaccount,service,configmap,role,rolebinding", "-n", namespace
+                "get", "serviceaccount,service,configmap,role,rolebinding,poddisruptionbudget",
+                "-n", namespace,
             )["items"]
-        }
+        }  # fmt: skip
         assert ("ServiceAccount", deployment) in kinds
         assert ("Service", f"{deployment}-metrics") in kinds
         assert ("ConfigMap", f"{deployment}-dashboard") in kinds
         assert (("Role", deployment) in kinds) == watch_own_namespace
+        assert ("Role", f"{deployment}-leader-election") in kinds
+        assert ("RoleBinding", f"{deployment}-leader-election") in kinds
+        for name in deployments:
+            assert ("PodDisruptionBudget", name) in kinds
+        endpoints = cluster.kubectl_json(
+            "get", "endpoints", f"{deployment}-metrics", "-n", namespace
+        )
+        addresses = [a for subset in endpoints.get("subsets") or [] for a in subset["addresses"]]
+        assert len(addresses) == len(pods)  # standbys and shards are scraped too
         cluster.run("kubectl", "get", "clusterrole", deployment)
         notes = cluster.run("helm", "get", "notes", release, "-n", namespace).stdout
         assert "serviceAccountName" in notes

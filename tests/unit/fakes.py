@@ -79,8 +79,64 @@ class Write:
     payload: Any = None
 
 
-class FakeKube:
+class FakeLeases:
+    """The Lease API of one API server: resourceVersion checked on replace (409 → None), and
+    `down` makes every call fail as an unreachable server does."""
+
     def __init__(self) -> None:
+        self.leases: dict[tuple[str, str], Body] = {}
+        self.down = False
+        self._versions = itertools.count(1)
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("the API server is unreachable")
+
+    async def get_lease(
+        self, namespace: str, name: str, request_timeout: Any = None
+    ) -> Body | None:
+        await asyncio.sleep(0)
+        self._check()
+        lease = self.leases.get((namespace, name))
+        return copy.deepcopy(lease) if lease is not None else None
+
+    async def create_lease(
+        self, namespace: str, body: Body, request_timeout: Any = None
+    ) -> Body | None:
+        await asyncio.sleep(0)
+        self._check()
+        key = (namespace, body["metadata"]["name"])
+        if key in self.leases:
+            return None
+        body = copy.deepcopy(body)
+        body["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.leases[key] = body
+        return copy.deepcopy(body)
+
+    async def replace_lease(
+        self, namespace: str, body: Body, request_timeout: Any = None
+    ) -> Body | None:
+        await asyncio.sleep(0)
+        self._check()
+        key = (namespace, body["metadata"]["name"])
+        current = self.leases.get(key)
+        if current is None or current["metadata"]["resourceVersion"] != body["metadata"].get(
+            "resourceVersion"
+        ):
+            return None
+        body = copy.deepcopy(body)
+        body["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.leases[key] = body
+        return copy.deepcopy(body)
+
+    def holder(self, namespace: str, name: str) -> str | None:
+        lease = self.leases.get((namespace, name))
+        return lease["spec"]["holderIdentity"] if lease is not None else None
+
+
+class FakeKube(FakeLeases):
+    def __init__(self) -> None:
+        super().__init__()
         self.objects: dict[tuple[str, str, str], Body] = {}
         self.secrets: dict[tuple[str, str], Body] = {}
         self.config_maps: dict[tuple[str, str], Body] = {}
@@ -382,11 +438,24 @@ class HelmCall:
         return values
 
 
+class FakeRunner:
+    """What the Controller touches of helm's process runner: the leadership gate and the kill."""
+
+    def __init__(self) -> None:
+        self.may_start: Any = None
+        self.killed = 0
+
+    def kill_all(self) -> int:
+        self.killed += 1
+        return 0
+
+
 class FakeHelm:
     """Records calls; `fail(verb, kind)` makes that verb raise until `heal(verb)`."""
 
     def __init__(self, kube: FakeKube) -> None:
         self.kube = kube
+        self.runner = FakeRunner()
         self.calls: list[HelmCall] = []
         self.dry_runs: list[HelmCall] = []  # plans: `upgrade --install --dry-run=server`
         self.failures: dict[str, HelmError] = {}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from helmfile_operator.helm.runner import Runner, SpawnError
+from helmfile_operator.helm.runner import Fenced, Runner, SpawnError
 
 ENV = {"PATH": os.environ["PATH"]}
 
@@ -200,3 +200,36 @@ def test_per_tenant_slots() -> None:
     assert Runner(max_concurrency=1).max_concurrency_per_tenant == 1
     with pytest.raises(ValueError, match="max_concurrency_per_tenant"):
         Runner(max_concurrency=2, max_concurrency_per_tenant=0)
+
+
+async def test_a_closed_gate_starts_no_process(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    allowed = [True]
+    run = runner(may_start=lambda: allowed[0])
+    code = f"open({str(marker)!r}, 'w').close()"
+    assert (await run.run("touch", python(code), limit=10, env=ENV)).ok
+    marker.unlink()
+    allowed[0] = False  # leadership lost
+    with pytest.raises(Fenced):
+        await run.run("touch", python(code), limit=10, env=ENV)
+    assert not marker.exists()
+    assert run.in_flight == 0
+
+
+async def test_kill_all_ends_every_running_process_at_once() -> None:
+    run = runner(term_grace_seconds=60)  # SIGKILL, not the SIGTERM grace
+    tasks = [
+        asyncio.create_task(
+            run.run("sleep", python("import time; time.sleep(60)"), limit=120, env=ENV)
+        )
+        for _ in range(2)
+    ]
+    async with asyncio.timeout(10):
+        while run.in_flight < 2:  # noqa: ASYNC110 - waiting for the children to start
+            await asyncio.sleep(0.01)
+    started = time.monotonic()
+    assert run.kill_all() == 2
+    results = await asyncio.gather(*tasks)
+    assert time.monotonic() - started < 5
+    assert [r.returncode for r in results] == [-9, -9]
+    assert run.kill_all() == 0

@@ -81,3 +81,18 @@ def test_state_series_are_removed_with_the_state() -> None:
         _series("helmfile_operator_state_last_success_timestamp_seconds", namespace="ns",
                 name="stack") is None
     )  # fmt: skip
+
+
+def test_a_standby_exposes_only_what_describes_its_process() -> None:
+    metrics = Metrics()
+    metrics.set_build_info("v4.0.0", shard="eu-1")
+    metrics.leader.set(0)
+    metrics.record_release("ns", "web", [{"type": "Ready", "status": "True"}])
+    metrics.queue_depth.set(300)  # a standby queues every object, and works off none
+    full = metrics.exposition().decode()
+    standby = metrics.exposition(standby=True).decode()
+    assert "helmfile_operator_release_condition{" in full
+    assert "helmfile_operator_queue_depth 300.0" in full
+    assert "release_condition" not in standby and "queue_depth" not in standby
+    assert "helmfile_operator_leader 0.0" in standby
+    assert 'shard="eu-1"' in standby and 'helm_version="v4.0.0"' in standby

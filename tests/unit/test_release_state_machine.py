@@ -20,6 +20,7 @@ from helmfile_operator.reconcile.context import (
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    SHARD_LABEL,
     IndexedRelease,
     ObjectKey,
 )
@@ -246,6 +247,42 @@ async def test_needs_in_another_namespace_do_not_count(world: World) -> None:
     await reconcile(world, "api")
     assert world.helm.verbs == []
     assert_condition(world, "Ready", "Unknown", "NeedsNotReady", name="api")
+
+
+async def test_a_need_of_another_shard_is_reported_not_waited_for(world: World) -> None:
+    world.kube.create(RELEASES, release_body("api", needs=["db", "cache"]))
+    other = release_body("db")
+    other["metadata"]["labels"] = {SHARD_LABEL: "b"}
+    world.kube.create(RELEASES, other)  # exists, but this (unsharded) operator never sees it
+
+    await reconcile(world, "api")
+
+    assert world.helm.verbs == []
+    stalled = assert_condition(world, "Stalled", "True", "NeedsInAnotherShard", name="api")
+    assert "db (shard 'b')" in stalled["message"] and "unsharded" in stalled["message"]
+    assert "cache" not in stalled["message"]  # missing, not another shard's: waited for
+
+    # Relabelled into this operator's shard: the watch indexes it, and the wait is the usual one.
+    world.reconciler.index.releases[(NAMESPACE, "db")] = IndexedRelease(
+        ready=False, needs=(), state=None
+    )
+    await reconcile(world, "api")
+    assert_condition(world, "Ready", "Unknown", "NeedsNotReady", name="api")
+
+
+async def test_a_release_relabelled_into_another_shard_is_left_to_it(world: World) -> None:
+    await installed(world)
+    world.queue.add_after(key("web"), 600)  # its interval resync, scheduled by the last pass
+    labels = world.kube.objects[(RELEASES, NAMESPACE, "web")]["metadata"].setdefault("labels", {})
+    labels[SHARD_LABEL] = "b"  # this operator is unsharded
+    world.kube.update_spec(RELEASES, NAMESPACE, "web", values={"replicas": 2})
+    calls, writes = len(world.helm.calls), len(world.kube.writes)
+
+    await reconcile(world)
+
+    assert world.helm.calls[calls:] == []
+    assert world.kube.writes[writes:] == []
+    assert world.pending_delay(key("web")) is None  # never resynced here again
 
 
 # --- failures, remediation, retries -------------------------------------------------------------

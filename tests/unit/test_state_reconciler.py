@@ -14,6 +14,7 @@ from helmfile_operator.reconcile.context import (
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    SHARD_LABEL,
     STATE_LABEL,
     IndexedRelease,
     ObjectKey,
@@ -359,6 +360,38 @@ async def test_suspended_state_suspends_its_children(world: World) -> None:
     assert body is not None and body["spec"]["suspend"] is False
 
 
+def in_shard(world: World, shard: str) -> None:
+    """The operator runs with `--shard SHARD` ("": unsharded)."""
+    settings = world.reconciler.settings
+    world.reconciler.settings = settings.model_copy(update={"shard": shard})
+
+
+async def test_the_shard_label_of_the_state_is_copied_to_its_children(world: World) -> None:
+    body = state_body()
+    body["metadata"]["labels"] = {SHARD_LABEL: "a"}
+    world.kube.create(STATES, body)
+    in_shard(world, "a")
+    await reconcile(world)
+    for release in ("db", "api"):
+        labels = (child(world, release) or {})["metadata"]["labels"]
+        assert labels[SHARD_LABEL] == "a"
+
+    # Moved to another shard, then out of sharding: the children follow (re-applied).
+    for wanted in ("b", None):
+        labels = state(world)["metadata"]["labels"]
+        if wanted is None:
+            del labels[SHARD_LABEL]
+        else:
+            labels[SHARD_LABEL] = wanted
+        # The state's new shard's operator renders it (the old one's watch dropped it).
+        in_shard(world, wanted or "")
+        await reconcile(world)
+        for release in ("db", "api"):
+            labels = (child(world, release) or {})["metadata"]["labels"]
+            assert labels.get(SHARD_LABEL) == wanted
+            assert labels[STATE_LABEL] == STATE
+
+
 async def test_reconcile_request_reaches_the_children(world: World) -> None:
     world.kube.create(STATES, state_body())
     await reconcile(world)
@@ -482,3 +515,36 @@ async def test_a_child_name_held_by_another_state_is_not_taken_over(world: World
     assert stalled is not None
     assert "spec.releases[0].name" in stalled["message"]
     assert "already belongs to state 'other'" in stalled["message"]
+
+
+async def test_a_child_name_held_in_another_shard_is_not_taken_over(world: World) -> None:
+    # This operator's index never sees another shard's objects: the API is asked.
+    world.kube.create(
+        RELEASES,
+        {
+            "metadata": {
+                "name": f"{STATE}-db",
+                "namespace": NAMESPACE,
+                "labels": {STATE_LABEL: "other", SHARD_LABEL: "b"},
+            },
+            "spec": {},
+        },
+    )
+    world.kube.create(STATES, state_body(DB))
+
+    await reconcile(world)
+
+    assert children(world) == [f"{STATE}-db"]
+    assert (child(world, "db") or {})["metadata"]["labels"][STATE_LABEL] == "other"
+    stalled = condition(state(world), "Stalled")
+    assert stalled is not None
+    assert "already belongs to state 'other'" in stalled["message"]
+
+
+async def test_a_state_of_another_shard_is_not_rendered(world: World) -> None:
+    body = state_body()
+    body["metadata"]["labels"] = {SHARD_LABEL: "b"}  # this operator is unsharded
+    world.kube.create(STATES, body)
+    await reconcile(world)
+    assert children(world) == []
+    assert world.kube.writes == []

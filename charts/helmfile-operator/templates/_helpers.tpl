@@ -34,6 +34,42 @@ app.kubernetes.io/component: operator
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/*
+One operator Deployment's identity: the main one (shard "") or a shard's. The main Deployment
+keeps the chart's original selector (selectors are immutable); a shard's pods are named
+`<name>-shard` so that no selector of one Deployment matches another's pods.
+*/}}
+{{- define "helmfile-operator.deploymentName" -}}
+{{- if .shard }}
+{{- printf "%s-shard-%s" (include "helmfile-operator.fullname" .root | trunc 40 | trimSuffix "-") .shard }}
+{{- else }}
+{{- include "helmfile-operator.fullname" .root }}
+{{- end }}
+{{- end }}
+
+{{- define "helmfile-operator.deploymentSelectorLabels" -}}
+{{- if .shard -}}
+app.kubernetes.io/name: {{ printf "%s-shard" (include "helmfile-operator.name" .root | trunc 57 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+helmfile.dev/shard: {{ .shard }}
+{{- else -}}
+{{ include "helmfile-operator.selectorLabels" .root }}
+{{- end }}
+{{- end }}
+
+{{- define "helmfile-operator.deploymentLabels" -}}
+helm.sh/chart: {{ include "helmfile-operator.chart" .root }}
+{{ include "helmfile-operator.deploymentSelectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end }}
+
+{{/* Every operator Deployment: the main one, then one per shard key. */}}
+{{- define "helmfile-operator.shardKeys" -}}
+{{- toJson (prepend .Values.shards "") }}
+{{- end }}
+
 {{- define "helmfile-operator.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "helmfile-operator.fullname" .) .Values.serviceAccount.name }}

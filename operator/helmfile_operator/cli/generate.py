@@ -20,6 +20,17 @@ _OUTPUT_DIR = click.Path(file_okay=False, path_type=Path)
     multiple=True,
     help="Watch only this namespace (repeatable); default: all.",
 )
+@click.option(
+    "--shard",
+    metavar="KEY",
+    help="Reconcile only objects labelled helmfile.dev/shard=KEY; default: only unlabelled ones.",
+)
+@click.option(
+    "--leader-elect/--no-leader-elect",
+    "leader_elect",
+    default=None,
+    help="Act only while holding the (shard's) Lease, so that replicas can stand by.",
+)
 @click.option("--verbose", is_flag=True, help="Debug logging (every helm command line).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Default: text.")
 @click.option(
@@ -29,7 +40,12 @@ _OUTPUT_DIR = click.Path(file_okay=False, path_type=Path)
     "the tenants' choosing in the operator's pod).",
 )
 def run(
-    namespaces: tuple[str, ...], verbose: bool, log_format: str | None, allow_kubeconfig_exec: bool
+    namespaces: tuple[str, ...],
+    shard: str | None,
+    leader_elect: bool | None,
+    verbose: bool,
+    log_format: str | None,
+    allow_kubeconfig_exec: bool,
 ) -> None:
     """Run the operator against the current cluster."""
     import kopf
@@ -40,6 +56,10 @@ def run(
     overrides: dict[str, object] = {}
     if namespaces:
         overrides["namespaces"] = list(namespaces)
+    if shard is not None:
+        overrides["shard"] = shard
+    if leader_elect is not None:
+        overrides["leader_election"] = leader_elect
     if verbose:
         overrides["verbose"] = True
     if log_format:
@@ -51,7 +71,8 @@ def run(
     import helmfile_operator.controllers.handlers  # noqa: F401  (registers the handlers)
 
     kopf.run(
-        standalone=True,  # one replica (Deployment strategy Recreate): no peering needed
+        standalone=True,
+        # No kopf peering: replicas coordinate through our own Lease (leadership.py).
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz",

@@ -17,6 +17,7 @@ from helmfile_operator.controllers.runtime import Controller
 from helmfile_operator.helm import HelmClient
 from helmfile_operator.helm.files import ensure_private_dir, run_work_dir
 from helmfile_operator.kube import Kube
+from helmfile_operator.reconcile.context import shard_selector
 from helmfile_operator.reconcile.drift import DriftChecker
 from helmfile_operator.settings import Settings
 
@@ -32,6 +33,11 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # Sharding: the API server filters the watches (kopf sends the selector on list and watch),
+    # so an operator never receives another shard's objects. An object relabelled out of the
+    # shard arrives as DELETED.
+    for plural in ("helmfilestates", "helmfilereleases"):
+        settings.watching.label_selectors[GROUP, plural] = shard_selector(operator_settings.shard)
     # The Kubernetes client is synchronous; it runs in threads, enough for every worker.
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
@@ -53,7 +59,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     # Fail at start, loudly, when helm is missing or broken — not at the first release.
     helm_version = await helm.version()
-    operator_metrics.set_build_info(helm_version.raw)
+    operator_metrics.set_build_info(helm_version.raw, operator_settings.shard)
     kube = Kube.from_environment()
     controller = Controller(
         operator_settings,
@@ -70,7 +76,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     controller.start()
     memo[CONTROLLER] = controller
     memo["metrics_server"] = await metrics.start_server(
-        operator_settings.metrics_port, operator_metrics, ready=lambda: controller.healthy
+        operator_settings.metrics_port,
+        operator_metrics,
+        ready=lambda: controller.healthy,
+        role=lambda: controller.role,
     )
 
 

@@ -17,15 +17,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from helmfile_operator.api.models import Condition
 from helmfile_operator.clusters import ClusterPool
 from helmfile_operator.events import EventRecorder
 from helmfile_operator.helm import HelmClient
+from helmfile_operator.helm.runner import Fenced
 from helmfile_operator.kube import RELEASES, STATES, FinalizerConflict, Kube
+from helmfile_operator.leadership import LeaderElector, Timings, lease_namespace, new_identity
 from helmfile_operator.logs import object_fields
 from helmfile_operator.metrics import Metrics
 from helmfile_operator.reconcile import conditions
@@ -122,7 +125,10 @@ class Controller:
         drift: DriftChecker | None = None,
         metrics: Metrics | None = None,
         clusters: ClusterPool | None = None,
+        identity: str | None = None,
+        exit_process: Callable[[int], None] = os._exit,
     ) -> None:
+        """`exit_process` ends the process when leadership is lost (tests pass their own)."""
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.queue: WorkQueue[ObjectKey] = WorkQueue(
@@ -147,7 +153,29 @@ class Controller:
         self.summaries: dict[ObjectKey, tuple[Any, ...]] = {}
         self._audit: asyncio.Task[None] | None = None
         self._started = False
+        self._leading = False
+        self._exit_process = exit_process
+        # Leader election: watches (and so the index and the queue) run on every replica; the
+        # workers, and with them every helm process, only on the leader.
+        self.elector: LeaderElector | None = None
+        self._election: asyncio.Task[None] | None = None
+        if settings.leader_election:
+            self.elector = LeaderElector(
+                kube,
+                lease_namespace(settings.leader_election_namespace),
+                settings.lease_name,
+                identity or new_identity(),
+                Timings(
+                    settings.lease_duration_seconds,
+                    settings.renew_deadline_seconds,
+                    settings.retry_period_seconds,
+                ),
+                on_started=self._lead,
+                on_stopped=self._abdicate,
+            )
+            helm.runner.may_start = self.elector.may_act
         m = self.metrics
+        m.leader.set_function(lambda: 1 if self.role == "leader" else 0)
         m.queue_depth.set_function(lambda: len(self.queue))
         m.reconciles_in_flight.set_function(lambda: self.queue.in_flight)
         m.helm_in_flight.set_function(lambda: helm.in_flight)
@@ -168,30 +196,71 @@ class Controller:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the workers, the Event poster and the index audit — once, however often called."""
+        """Start the Event poster, then the workers and the index audit — at once, or (leader
+        election) once this replica holds the Lease. Once, however often called."""
         if self._started:
             return
         self._started = True
         self.events.start()
+        if self.elector is None:
+            self._lead()
+        else:
+            self._election = asyncio.create_task(self.elector.run(), name="leader-election")
+
+    def _lead(self) -> None:
+        """This replica acts: the queue, filled by the watches meanwhile, is worked off."""
+        if self._leading:
+            return
+        self._leading = True
         self.queue.start_workers(self.settings.max_concurrent_reconciles, self.process)
         if self.settings.index_audit_seconds > 0:
             self._audit = asyncio.create_task(self._audit_loop(), name="index-audit")
+
+    def _abdicate(self) -> None:
+        """Leadership lost (the Lease was not renewed in time): the new leader may start within
+        seconds, so nothing of ours may act any more — helm is killed and the process ends, as
+        controller-runtime does; Kubernetes restarts it as a standby. No status is written
+        (`may_act` already refuses new helm runs; a write now could race the new leader)."""
+        killed = self.reconciler.helm.runner.kill_all()
+        logger.error("leadership lost: killed %d helm process(es); exiting", killed)
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        self._exit_process(1)
 
     async def stop(self) -> None:
         if self._audit is not None:
             self._audit.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._audit
+        # Cancels the passes: their helm processes are ended (SIGTERM, then SIGKILL after the
+        # grace). The Lease is still renewed meanwhile, so no standby acts before they are gone.
         await self.queue.stop_workers()
+        if self._election is not None:
+            self._election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._election
+        if self.elector is not None:
+            await self.elector.release()  # a standby takes over at once, not after the lease
         await self.events.stop()
         if self.reconciler.clusters is not None:
             self.reconciler.clusters.close()
 
     @property
+    def role(self) -> str:
+        """`leader` (also without leader election) or `standby`."""
+        return "leader" if self.elector is None or self.elector.is_leader else "standby"
+
+    @property
     def healthy(self) -> bool:
-        """False once a worker (or the audit) ended: liveness fails and the pod is restarted."""
+        """False once a worker, the audit or the election ended: liveness fails and the pod is
+        restarted. A standby, with no workers, is healthy while its election runs."""
         audit_ok = self._audit is None or not self._audit.done()
-        return self._started and self.queue.workers_healthy and audit_ok
+        election_ok = self.elector is None or (
+            self._election is not None and not self._election.done()
+        )
+        workers_ok = self.queue.workers_healthy if self._leading else True
+        return self._started and workers_ok and audit_ok and election_ok
 
     # --- watch events -----------------------------------------------------------------------
 
@@ -299,6 +368,10 @@ class Controller:
                 await reconcile_release(self.reconciler, key)
         except asyncio.CancelledError:
             raise
+        except Fenced:
+            # Leadership is being lost: the process is about to end, and writes would race
+            # the next leader. Nothing is recorded; the next leader runs this pass again.
+            logger.warning("%s: helm not started: not the leader any more", key)
         except FinalizerConflict:
             # Someone wrote the object between our read and our write: read it again, now.
             self.metrics.observe_reconcile(key.kind, "conflict", time.monotonic() - started)

@@ -12,7 +12,9 @@
   The excess is read and dropped, so the process never blocks on a full pipe, and the result says
   which stream went over: the caller fails the command rather than reading cut output;
 - a non-zero exit is a result, not an exception. `run` raises only `SpawnError` (the program
-  cannot be started) and `CancelledError`.
+  cannot be started), `Fenced` (`may_start` said no) and `CancelledError`;
+- `may_start` (leader election) is asked right before each process starts, and `kill_all` ends
+  every running process group at once, when leadership is lost.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ class SpawnError(Exception):
         super().__init__(f"cannot run {program}: {reason}")
         self.program = program
         self.reason = reason
+
+
+class Fenced(Exception):
+    """`may_start` refused the run: this replica is no longer allowed to act (leadership)."""
+
+    def __init__(self, program: str) -> None:
+        super().__init__(f"{program} not started: this replica may not act (not the leader)")
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ class Runner:
         max_stdout_bytes: int = DEFAULT_MAX_STDOUT_BYTES,
         max_stderr_bytes: int = DEFAULT_MAX_STDERR_BYTES,
         logger: logging.Logger | None = None,
+        may_start: Callable[[], bool] | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -109,6 +119,8 @@ class Runner:
         self._tenants: dict[str, _TenantSlots] = {}
         self._in_flight = 0
         self._queued = 0
+        self.may_start = may_start
+        self._running: set[asyncio.subprocess.Process] = set()
 
     @property
     def in_flight(self) -> int:
@@ -204,6 +216,8 @@ class Runner:
         cwd: Path | None,
     ) -> RunResult:
         started = time.monotonic()
+        if self.may_start is not None and not self.may_start():
+            raise Fenced(argv[0])
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -221,6 +235,7 @@ class Runner:
             raise RuntimeError("the output pipes are missing")
 
         self._in_flight += 1
+        self._running.add(process)
         outcome = "error"
         timed_out = False
         readers: tuple[_Reader, _Reader] = (
@@ -251,6 +266,7 @@ class Runner:
             raise
         finally:
             self._in_flight -= 1
+            self._running.discard(process)
             duration = time.monotonic() - started
             self.log.debug(
                 "%s %s: %s (%s in %.2fs, exit %s)",
@@ -263,6 +279,14 @@ class Runner:
             )
             self._finished(command, outcome, duration)
         return RunResult(returncode, stdout, stderr, duration, timed_out, exceeded)
+
+    def kill_all(self) -> int:
+        """SIGKILL every running process group now, without waiting (the caller is about to
+        exit: leadership lost, no time for helm's own clean-up). Returns how many."""
+        running = [process for process in self._running if process.returncode is None]
+        for process in running:
+            _signal(process, signal.SIGKILL)
+        return len(running)
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
         """SIGTERM (the program may clean up: helm marks the release failed instead of leaving it

@@ -19,6 +19,8 @@ from helmfile_operator.settings import Settings
 from helmfile_operator.sources import VersionResolver
 
 STATE_LABEL = "helmfile.dev/state"
+# Which operator (shard) reconciles an object; copied from a state to its releases.
+SHARD_LABEL = "helmfile.dev/shard"
 FINALIZER = "helmfile.dev/finalizer"
 RECONCILE_REQUEST = "helmfile.dev/reconcile-requested-at"
 KEEP_RELEASE = "helmfile.dev/keep-release"
@@ -39,6 +41,11 @@ def release_target(namespace: str, spec: Mapping[str, Any]) -> ReleaseTarget:
         else ""
     )
     return (cluster, str(spec.get("targetNamespace") or ""), str(spec.get("releaseName") or ""))
+
+
+def shard_selector(shard: str) -> str:
+    """The label selector of a shard's objects: labelled with its key, or (no key) unlabelled."""
+    return f"{SHARD_LABEL}={shard}" if shard else f"!{SHARD_LABEL}"
 
 
 class ObjectKey(NamedTuple):
@@ -175,6 +182,13 @@ class Reconciler:
     clusters: ClusterPool | None = None  # remote clusters (None: spec.kubeConfig is refused)
     # Renders of states at once: each may use up to its memory budget (render/templates.py).
     render_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+
+    def in_shard(self, body: Mapping[str, Any]) -> bool:
+        """Whether this operator's shard reconciles the object. The watch delivers only those,
+        but an object relabelled during a pass would otherwise be resynced here forever after
+        (the pass requeues it): each pass checks what it read."""
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        return str(labels.get(SHARD_LABEL) or "") == self.settings.shard
 
     def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         """A Kubernetes Event on the object (posted in the background, de-duplicated)."""

@@ -24,6 +24,7 @@ class Action(StrEnum):
     HELD = "held"  # held by the state's failed atomic rollout: no helm runs
     REJECT_SELF_NEED = "reject self-need"  # Stalled: spec.needs names the release itself
     REJECT_OWNED = "reject owned by another"  # Stalled: another object drives this Helm release
+    REJECT_OTHER_SHARD_NEEDS = "reject needs of another shard"  # Stalled: never seen turn Ready
     WAIT_FOR_NEEDS = "wait for needs"  # woken by the watch when a need turns Ready
     REPORT_CLUSTER_ERROR = "report cluster error"  # spec.kubeConfig unreadable or refused
     CLUSTER_UNREACHABLE = "cluster unreachable"  # the remote cluster did not answer; retried
@@ -78,6 +79,7 @@ class Observation:
     self_needed: bool = False
     owner: str | None = None  # the object that drives this Helm release, when not us
     unready_needs: tuple[str, ...] = ()
+    other_shard_needs: tuple[str, ...] = ()  # needs that exist, labelled for another shard
     approval_manual: bool = False  # a change waits for its plan to be approved
     approved: bool = False  # the approval annotation names the plan of the change wanted now
     access_error: str | None = None  # reading Helm's storage as the tenant was refused
@@ -115,6 +117,8 @@ def decide(obs: Observation) -> Decision:
         return Decision(Action.REJECT_SELF_NEED)
     if obs.owner is not None:
         return Decision(Action.REJECT_OWNED)
+    if obs.other_shard_needs:
+        return Decision(Action.REJECT_OTHER_SHARD_NEEDS)
     # Manual approval plans a change before its needs are Ready: a stack is approved as a whole.
     if obs.unready_needs and not obs.approval_manual:
         return Decision(Action.WAIT_FOR_NEEDS)

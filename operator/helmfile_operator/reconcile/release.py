@@ -36,6 +36,7 @@ from helmfile_operator.reconcile.context import (
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    SHARD_LABEL,
     STATE_LABEL,
     ObjectKey,
     Reconciler,
@@ -68,7 +69,7 @@ ROLLOUT_ROLLED_BACK = "RolloutRolledBack"
 
 async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
     body = await reconciler.kube.get(RELEASES, key.namespace, key.name)
-    if body is None:
+    if body is None or not reconciler.in_shard(body):  # gone, or another shard's now
         reconciler.queue.remove(key)
         return
     status = HelmfileReleaseStatus.model_validate(body.get("status") or {})
@@ -130,13 +131,15 @@ async def observe(ctx: ReleaseContext) -> Observation:
         return deletion
     spec = ctx.spec
     hold = _rollout_hold(ctx)
+    unready = _unready_needs(ctx)
     base = Observation(
         suspended=spec.suspend,
         held=hold is not None,
         rollback_to=_rollback_wanted(ctx, hold),
         self_needed=ctx.key.name in spec.needs,
         owner=owner_name,
-        unready_needs=tuple(_unready_needs(ctx)),
+        unready_needs=tuple(unready),
+        other_shard_needs=tuple(await _other_shard_needs(ctx, unready)),
         approval_manual=ctx.approval_manual,
         install_wanted=spec.installed,
         interval_seconds=ctx.interval_seconds,
@@ -145,7 +148,7 @@ async def observe(ctx: ReleaseContext) -> Observation:
     if base.held and base.rollback_to is not None and not base.suspended:
         # The rollback runs in the release's cluster.
         return base if await _connect(ctx) else dataclasses.replace(base, cluster_error=True)
-    if base.suspended or base.held or base.self_needed or base.owner:
+    if base.suspended or base.held or base.self_needed or base.owner or base.other_shard_needs:
         return base
     if base.unready_needs and not base.approval_manual:
         return base
@@ -362,6 +365,25 @@ def _unready_needs(ctx: ReleaseContext) -> list[str]:
     return waiting
 
 
+async def _other_shard_needs(ctx: ReleaseContext, unready: list[str]) -> list[str]:
+    """Needs missing from the index that exist with another shard's label: this operator's
+    watch never shows them, so waiting for them would be forever. Read from the API only for a
+    need the index does not know (rare: a typo, or not created yet)."""
+    index = ctx.reconciler.index
+    ours = ctx.reconciler.settings.shard
+    found = []
+    for need in unready:
+        if index.get(ctx.key.namespace, need) is not None:
+            continue
+        body = await ctx.reconciler.kube.get(RELEASES, ctx.key.namespace, need)
+        if body is None:
+            continue
+        theirs = (body["metadata"].get("labels") or {}).get(SHARD_LABEL, "")
+        if theirs != ours:
+            found.append(f"{need} (shard {theirs!r})" if theirs else f"{need} (unsharded)")
+    return found
+
+
 async def _live_dependents(ctx: ReleaseContext) -> list[str]:
     """Dependents per the index, checked against the API: after a watch gap the index may still
     hold objects that are gone, and waiting on them would block the deletion forever."""
@@ -460,6 +482,17 @@ async def _reject_owned(ctx: ReleaseContext, decision: Decision) -> None:
         "ReleaseOwnedByAnother",
         f"Helm release {ctx.spec.target_namespace}/{ctx.spec.release_name} is driven by "
         f"{holder}; change spec.releaseName or spec.targetNamespace (or remove the other one)",
+    )
+
+
+async def _reject_other_shard_needs(ctx: ReleaseContext, decision: Decision) -> None:
+    others = await _other_shard_needs(ctx, _unready_needs(ctx))
+    ours = repr(ctx.reconciler.settings.shard) if ctx.reconciler.settings.shard else "unsharded"
+    ctx.stalled(
+        "NeedsInAnotherShard",
+        f"spec.needs names {', '.join(others)}, reconciled by another operator "
+        f"than this release (shard {ours}): a release can only wait for releases of its own "
+        f"shard; give both (or their states) the same {SHARD_LABEL} label",
     )
 
 
@@ -729,6 +762,7 @@ ACTIONS: dict[Action, Callable[[ReleaseContext, Decision], Awaitable[None]]] = {
     Action.HELD: _held,
     Action.REJECT_SELF_NEED: _reject_self_need,
     Action.REJECT_OWNED: _reject_owned,
+    Action.REJECT_OTHER_SHARD_NEEDS: _reject_other_shard_needs,
     Action.WAIT_FOR_NEEDS: _wait_for_needs,
     Action.REPORT_CLUSTER_ERROR: _report_cluster_error,
     Action.CLUSTER_UNREACHABLE: _cluster_unreachable,

@@ -32,6 +32,7 @@ from helmfile_operator.reconcile.context import (
     FINALIZER,
     KEEP_RELEASE,
     RECONCILE_REQUEST,
+    SHARD_LABEL,
     STATE_LABEL,
     ObjectKey,
     Reconciler,
@@ -63,6 +64,9 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
     kube = reconciler.kube
     body = await kube.get(STATES, key.namespace, key.name)
     if body is None:
+        return
+    if not reconciler.in_shard(body):  # relabelled meanwhile: another shard's now
+        reconciler.queue.remove(key)
         return
     metadata = body["metadata"]
     generation = metadata.get("generation")
@@ -175,12 +179,29 @@ async def render_body(
 async def _check_names_are_free(
     reconciler: Reconciler, key: ObjectKey, rendered: RenderedState
 ) -> None:
-    """A child name held by another state (or written by hand) is never taken over."""
+    """A child name held by another state (or written by hand) is never taken over. The index
+    holds only this operator's shard: a name it does not know is looked up in the API (one list,
+    and only when some name is new), since another shard's object may hold it."""
+    others: dict[str, str | None] | None = None
     for index, release in enumerate(rendered.releases):
-        existing = reconciler.index.get(key.namespace, release.resource_name)
-        if existing is None or existing.state == key.name:
+        name = release.resource_name
+        existing = reconciler.index.get(key.namespace, name)
+        holder_state = existing.state if existing is not None else None
+        if existing is None:
+            if others is None:
+                listed = await reconciler.kube.list_objects(RELEASES, key.namespace)
+                others = {
+                    item["metadata"]["name"]: (item["metadata"].get("labels") or {}).get(
+                        STATE_LABEL
+                    )
+                    for item in listed
+                }
+            if name not in others:
+                continue
+            holder_state = others[name]
+        if holder_state == key.name:
             continue
-        holder = f"state {existing.state!r}" if existing.state else "a hand-written HelmfileRelease"
+        holder = f"state {holder_state!r}" if holder_state else "a hand-written HelmfileRelease"
         raise RenderError(
             f"spec.releases[{index}].name",
             f"its HelmfileRelease {release.resource_name!r} already belongs to {holder}; "
@@ -201,13 +222,17 @@ def child_body(
     spec = release.spec.to_wire()
     if state["spec"].get("suspend"):
         spec["suspend"] = True  # a suspended state pauses every one of its releases
+    labels = {STATE_LABEL: key.name, "helmfile.dev/release": release.template_name}
+    shard = (state["metadata"].get("labels") or {}).get(SHARD_LABEL)
+    if shard is not None:
+        labels[SHARD_LABEL] = shard  # its releases are reconciled by the state's shard
     return {
         "apiVersion": API_VERSION,
         "kind": "HelmfileRelease",
         "metadata": {
             "name": release.resource_name,
             "namespace": key.namespace,
-            "labels": {STATE_LABEL: key.name, "helmfile.dev/release": release.template_name},
+            "labels": labels,
             "annotations": annotations,
             "ownerReferences": [
                 {
@@ -465,6 +490,8 @@ def _up_to_date(have: dict[str, Any], desired: dict[str, Any]) -> bool:
         == desired["metadata"]["annotations"].get(KEEP_RELEASE)
         and (metadata.get("labels") or {}).get(STATE_LABEL)
         == desired["metadata"]["labels"][STATE_LABEL]
+        and (metadata.get("labels") or {}).get(SHARD_LABEL)
+        == desired["metadata"]["labels"].get(SHARD_LABEL)
     )
 
 
