@@ -87,7 +87,12 @@ def _request_reconcile(cluster: Cluster, namespace: str, name: str) -> None:
 
 
 def _hfr(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    body: dict[str, Any] = cluster.kubectl_json("get", "hfr", name, "-n", namespace)
+    """The HelmfileRelease, or {} until the state's pass has created it."""
+    result = cluster.run("kubectl", "get", "hfr", name, "-n", namespace, "-o", "json", check=False)
+    if result.returncode != 0 and "NotFound" in result.stderr:
+        return {}
+    assert result.returncode == 0, result.stderr
+    body: dict[str, Any] = json.loads(result.stdout)
     return body
 
 
