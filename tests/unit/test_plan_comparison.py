@@ -116,7 +116,7 @@ def checker() -> tuple[DriftChecker, RecordingDynamic]:
         return original_compare(dyn, obj, *args, **kwargs)
 
     drift._compare = compare  # type: ignore[method-assign]
-    drift._clients[None] = dynamic
+    drift._dynamic = dynamic
     return drift, dynamic
 
 
@@ -152,3 +152,19 @@ def test_the_dry_run_applies_as_helm_with_its_ownership_marks(
         assert metadata["annotations"]["meta.helm.sh/release-name"] == "web"
         assert metadata["annotations"]["meta.helm.sh/release-namespace"] == "apps"
         assert metadata["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_every_identity_shares_one_client_and_names_itself_on_each_request(
+    checker: tuple[DriftChecker, RecordingDynamic],
+) -> None:
+    drift, dynamic = checker
+    tenant = "system:serviceaccount:apps:deployer"
+    asyncio.run(drift.compare(MANIFEST, "web", "apps", tenant))
+    asyncio.run(drift.compare(MANIFEST, "web", "apps"))
+    assert drift._dynamic is dynamic, "one client (one discovery) for both identities"
+    half = len(dynamic.requests) // 2
+    assert all(
+        kwargs["header_params"] == {"Impersonate-User": tenant}
+        for _, _, kwargs in dynamic.requests[:half]
+    )
+    assert all(kwargs["header_params"] == {} for _, _, kwargs in dynamic.requests[half:])

@@ -15,7 +15,6 @@ only paths, Secrets included.
 from __future__ import annotations
 
 import asyncio
-import collections
 import fnmatch
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ from helmfile_operator.kube import REQUEST_TIMEOUT
 DRIFT_OPT_OUT = "helmfile.dev/drift-detection"  # "disabled" on a live object: never drift
 FIELD_MANAGER = "helmfile-operator-drift"
 HELM_FIELD_MANAGER = "helm"  # a plan's dry run applies as helm itself would
-MAX_CLIENTS = 64  # identities with a cached API client (and discovery)
 TIMEOUT = REQUEST_TIMEOUT
 _T = TypeVar("_T")
 
@@ -151,6 +149,18 @@ def relevant_paths(
     ]
 
 
+@dataclass(frozen=True)
+class _Client:
+    """The shared dynamic client, acting as one identity (None: the client's own)."""
+
+    dynamic: Any
+    impersonate: str | None
+
+    def headers(self) -> dict[str, str]:
+        """Fresh per request: the dynamic client adds Accept and Content-Type to the dict."""
+        return {"Impersonate-User": self.impersonate} if self.impersonate else {}
+
+
 class DriftChecker:
     """Runs checks with the operator's credentials, or impersonating a ServiceAccount."""
 
@@ -159,24 +169,17 @@ class DriftChecker:
         # The client's discovery cache: private (a shared temp file keyed by host name alone
         # could be written by anyone, e.g. a tenant's cluster of the same host name).
         self._cache_file = str(cache_dir / "discovery.json") if cache_dir is not None else None
-        # The dynamic client is untyped: Any keeps mypy --strict honest about that boundary.
-        # One client (with its discovery cache) per identity, least recently used first out:
-        # a cluster with many tenants must not grow one per ServiceAccount forever.
-        self._clients: collections.OrderedDict[str | None, Any] = collections.OrderedDict()
+        # One dynamic client, so one discovery, for every identity: each request carries the
+        # identity it acts as (Impersonate-User). Discovery itself is the operator's (every
+        # authenticated user may read it). Untyped: Any keeps mypy --strict honest there.
+        self._dynamic: Any = None
 
-    def _client(self, impersonate: str | None) -> Any:
-        dynamic = self._clients.get(impersonate)
-        if dynamic is None:
-            api_client = ApiClient(self._configuration)
-            if impersonate:
-                api_client.set_default_header("Impersonate-User", impersonate)  # type: ignore[no-untyped-call]
-            dynamic = self._clients[impersonate] = DynamicClient(  # type: ignore[no-untyped-call]
-                api_client, cache_file=self._cache_file
+    def _client(self, impersonate: str | None) -> _Client:
+        if self._dynamic is None:
+            self._dynamic = DynamicClient(  # type: ignore[no-untyped-call]
+                ApiClient(self._configuration), cache_file=self._cache_file
             )
-            while len(self._clients) > MAX_CLIENTS:
-                self._clients.popitem(last=False)
-        self._clients.move_to_end(impersonate)
-        return dynamic
+        return _Client(self._dynamic, impersonate)
 
     async def check(
         self,
@@ -209,13 +212,13 @@ class DriftChecker:
             ) from None
 
     def close(self) -> None:
-        for dynamic in self._clients.values():
-            dynamic.client.close()
-        self._clients.clear()
+        if self._dynamic is not None:
+            self._dynamic.client.close()
+            self._dynamic = None
 
-    def _resource(self, dynamic: Any, obj: Mapping[str, Any]) -> Any:
+    def _resource(self, client: _Client, obj: Mapping[str, Any]) -> Any:
         try:
-            return dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+            return client.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
         except ResourceNotFoundError:
             raise DriftCheckError(
                 f"{obj['kind']} ({obj['apiVersion']}) is not served by the cluster"
@@ -231,15 +234,15 @@ class DriftChecker:
     def _compare_all(
         self, manifest: str, release: str, namespace: str, impersonate: str | None
     ) -> list[Comparison]:
-        dynamic = self._client(impersonate)
+        client = self._client(impersonate)
         return [
-            self._compare(dynamic, obj, namespace, HELM_FIELD_MANAGER, owner=release)
+            self._compare(client, obj, namespace, HELM_FIELD_MANAGER, owner=release)
             for obj in _objects(manifest)
         ]
 
     def _compare(
         self,
-        dynamic: Any,
+        client: _Client,
         obj: dict[str, Any],
         namespace: str,
         field_manager: str,
@@ -250,14 +253,18 @@ class DriftChecker:
     ) -> Comparison:
         """One object: GET the live one, then a server-side-apply dry run of the manifest's
         (with `owner`: carrying the ownership marks helm adds for that release)."""
-        resource = self._resource(dynamic, obj)
+        resource = self._resource(client, obj)
         object_namespace = (
             (obj["metadata"].get("namespace") or namespace) if resource.namespaced else None
         )
         name = obj["metadata"]["name"]
         try:
-            live = dynamic.get(
-                resource, name=name, namespace=object_namespace, _request_timeout=TIMEOUT
+            live = client.dynamic.get(
+                resource,
+                name=name,
+                namespace=object_namespace,
+                header_params=client.headers(),
+                _request_timeout=TIMEOUT,
             ).to_dict()
         except NotFoundError:
             return Comparison(obj, object_namespace, missing=True)
@@ -268,13 +275,14 @@ class DriftChecker:
             return Comparison(obj, object_namespace, opted_out=True)
         body = _with_namespace(obj, object_namespace)
         try:
-            desired = dynamic.server_side_apply(
+            desired = client.dynamic.server_side_apply(
                 resource,
                 body=_helm_owned(body, owner, namespace) if owner else body,
                 namespace=object_namespace,
                 field_manager=field_manager,
                 force_conflicts=True,
                 dry_run="All",
+                header_params=client.headers(),
                 _request_timeout=TIMEOUT,
             ).to_dict()
         except ApiException as error:
@@ -289,11 +297,11 @@ class DriftChecker:
         ignore: Sequence[DriftIgnoreRule],
         impersonate: str | None,
     ) -> DriftReport:
-        dynamic = self._client(impersonate)
+        client = self._client(impersonate)
         report = DriftReport()
         for obj in _objects(manifest):
             found = self._compare(
-                dynamic, obj, namespace, FIELD_MANAGER, ignore, honour_opt_out=True
+                client, obj, namespace, FIELD_MANAGER, ignore, honour_opt_out=True
             )
             if found.opted_out or not (found.missing or found.paths):
                 continue
@@ -312,21 +320,22 @@ class DriftChecker:
     def _correct(
         self, manifest: str, release: str, namespace: str, impersonate: str | None
     ) -> None:
-        dynamic = self._client(impersonate)
+        client = self._client(impersonate)
         for obj in _objects(manifest):
-            resource = self._resource(dynamic, obj)
+            resource = self._resource(client, obj)
             object_namespace = (
                 (obj["metadata"].get("namespace") or namespace) if resource.namespaced else None
             )
             try:
                 # Applied as helm's field manager, with the ownership marks helm adds itself:
                 # the fields return to helm, and its next upgrade sees no conflict.
-                dynamic.server_side_apply(
+                client.dynamic.server_side_apply(
                     resource,
                     body=_helm_owned(_with_namespace(obj, object_namespace), release, namespace),
                     namespace=object_namespace,
                     field_manager="helm",
                     force_conflicts=True,
+                    header_params=client.headers(),
                     _request_timeout=TIMEOUT,
                 )
             except ApiException as error:
