@@ -213,12 +213,12 @@ class Kube:
         )
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
-    async def _maybe(self, method: str, path: str, **kwargs: Any) -> Any:
-        """The answer, or None on 404."""
+    async def _maybe(self, method: str, path: str, *, none_on: int = 404, **kwargs: Any) -> Any:
+        """The answer, or None when the API server answers `none_on` (404: no such object)."""
         try:
             return await self._request(method, path, **kwargs)
         except ApiException as error:
-            if error.status == 404:
+            if error.status == none_on:
                 return None
             raise
 
@@ -372,18 +372,14 @@ class Kube:
         self, namespace: str, body: Body, request_timeout: tuple[float, float] = REQUEST_TIMEOUT
     ) -> Body | None:
         """The Lease as created, or None when one of that name exists (409)."""
-        try:
-            result: Body = await self._request(
-                "POST",
-                _lease(namespace, None),
-                body=body,
-                request_timeout=request_timeout,
-                executor=self._lease_executor(),
-            )
-        except ApiException as error:
-            if error.status == 409:
-                return None
-            raise
+        result: Body | None = await self._maybe(
+            "POST",
+            _lease(namespace, None),
+            none_on=409,
+            body=body,
+            request_timeout=request_timeout,
+            executor=self._lease_executor(),
+        )
         return result
 
     async def replace_lease(
@@ -391,18 +387,14 @@ class Kube:
     ) -> Body | None:
         """PUT with the body's resourceVersion: the Lease as written, or None when someone else
         wrote it since it was read (409) — optimistic concurrency, as client-go's lock."""
-        try:
-            result: Body = await self._request(
-                "PUT",
-                _lease(namespace, body["metadata"]["name"]),
-                body=body,
-                request_timeout=request_timeout,
-                executor=self._lease_executor(),
-            )
-        except ApiException as error:
-            if error.status == 409:
-                return None
-            raise
+        result: Body | None = await self._maybe(
+            "PUT",
+            _lease(namespace, body["metadata"]["name"]),
+            none_on=409,
+            body=body,
+            request_timeout=request_timeout,
+            executor=self._lease_executor(),
+        )
         return result
 
     # --- core objects (tenant data: read through `impersonating`) ---
@@ -468,7 +460,7 @@ def secret_text(secret: Body, key: str) -> str | None:
     if raw is None:
         return None
     try:
-        return base64.b64decode(raw, validate=True).decode()
+        return base64.b64decode(raw).decode()
     except ValueError:  # binascii.Error, UnicodeDecodeError: their messages quote the bytes
         raise ValueError(f"key {key!r} is not UTF-8 text") from None
 

@@ -16,7 +16,7 @@ from kubernetes.client.exceptions import ApiException
 from helmfile_operator import goyaml
 from helmfile_operator.api.models import ChartRepository, HelmfileReleaseSpec, ValuesReference
 from helmfile_operator.helm import HelmErrorKind, RepositoryCredentials
-from helmfile_operator.kube import AccessDenied, Kube
+from helmfile_operator.kube import AccessDenied, Kube, secret_text
 from helmfile_operator.render.values import apply_set, deep_merge
 from helmfile_operator.sources import ChartSourceError
 from helmfile_operator.sources.fetch import Access
@@ -67,12 +67,13 @@ async def read_reference(
             f"{where} has no key {reference.key!r} (keys: {', '.join(sorted(data)) or 'none'}); "
             "fix `key`, or set `optional: true`"
         )
-    raw = data[reference.key]
     where = f"{where} key {reference.key!r}"
-    try:
-        text = base64.b64decode(raw).decode() if reference.kind == "Secret" else raw
-    except ValueError:  # binascii.Error, UnicodeDecodeError: their messages quote the bytes
-        raise ValuesSourceError(f"{where} is not UTF-8 text") from None
+    text: str = data[reference.key]
+    if reference.kind == "Secret":
+        try:
+            text = secret_text(obj, reference.key) or ""  # the key is there: checked above
+        except ValueError:  # secret_text's message names no content; ours names the field
+            raise ValuesSourceError(f"{where} is not UTF-8 text") from None
     try:
         # helm's reading (goyaml): the message names `where` and the line, never the content.
         return goyaml.load_values(text, where)
