@@ -130,7 +130,7 @@ async def test_deleted_release_leaves_no_trace() -> None:
     ctl = controller(kube)
     body = kube.create(RELEASES, suspended("web"))
     ctl.on_release_event("ADDED", body)
-    ctl.reconciler.manifests.put(("", "target", "web"), 1, "kind: ConfigMap")
+    ctl.reconciler.manifests.put(("", "target", "web"), ("", 1), "kind: ConfigMap")
     ctl.on_release_event("DELETED", body)
     key = ObjectKey("HelmfileRelease", "apps", "web")
     assert key not in ctl.signatures

@@ -130,13 +130,19 @@ class ReleaseIndex:
         ]
 
 
+# Which deployed revision a manifest is of: (the remote cluster's kubeconfig digest, "" for the
+# operator's own cluster; the revision). A Secret pointed at another cluster reaches other
+# releases with the same revision numbers.
+ManifestVersion = tuple[str, int]
+
+
 class ManifestCache:
     """Manifests of deployed revisions by Helm release, decoded once per revision and bounded in
     bytes (least recently used first out): real manifests reach MiBs."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self._entries: collections.OrderedDict[ReleaseTarget, tuple[int, str]] = (
+        self._entries: collections.OrderedDict[ReleaseTarget, tuple[ManifestVersion, str]] = (
             collections.OrderedDict()
         )
         self._bytes = 0
@@ -144,18 +150,18 @@ class ManifestCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: ReleaseTarget, revision: int) -> str | None:
+    def get(self, key: ReleaseTarget, version: ManifestVersion) -> str | None:
         entry = self._entries.get(key)
-        if entry is None or entry[0] != revision:
+        if entry is None or entry[0] != version:
             return None
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, key: ReleaseTarget, revision: int, manifest: str) -> None:
+    def put(self, key: ReleaseTarget, version: ManifestVersion, manifest: str) -> None:
         self.evict(key)
         if len(manifest) > self.max_bytes:
             return
-        self._entries[key] = (revision, manifest)
+        self._entries[key] = (version, manifest)
         self._bytes += len(manifest)
         while self._bytes > self.max_bytes:
             _, (_, dropped) = self._entries.popitem(last=False)

@@ -18,10 +18,8 @@ def drift_mode(ctx: ReleaseContext) -> DriftMode:
 async def _manifest(ctx: ReleaseContext) -> str | None:
     """The manifest of the deployed revision, decoded once per revision (cached)."""
     assert ctx.storage is not None
-    # By the cluster's kubeconfig digest too: a Secret pointed at another cluster has other
-    # releases with the same revision numbers.
-    key = ctx.target if ctx.cluster is None else (ctx.cluster.digest, *ctx.target[1:])
-    cached = ctx.reconciler.manifests.get(key, ctx.storage.revision)
+    connection = ctx.cluster.digest if ctx.cluster is not None else ""
+    cached = ctx.reconciler.manifests.get(ctx.target, (connection, ctx.storage.revision))
     if cached is not None:
         return cached
     try:
@@ -30,7 +28,7 @@ async def _manifest(ctx: ReleaseContext) -> str | None:
         return None
     if stored is None:
         return None
-    ctx.reconciler.manifests.put(key, stored.revision, stored.manifest)
+    ctx.reconciler.manifests.put(ctx.target, (connection, stored.revision), stored.manifest)
     return stored.manifest
 
 
