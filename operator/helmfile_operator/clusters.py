@@ -287,7 +287,7 @@ class RemoteCluster:
     kube: Kube  # the operator's connection to it; releases use `kube.impersonating(...)`
     drift: DriftChecker
     kubeconfig: str = field(repr=False)  # the reduced kubeconfig, for helm (written per run)
-    directory: Path = Path()  # the client's certificate files and discovery cache
+    directory: Path  # the client's certificate files and discovery cache
 
 
 class ClusterPool:

@@ -53,6 +53,7 @@ from helmfile_operator.helm.files import (
     helm_env,
     private_workdir,
     tenant_home,
+    write_kubeconfig,
     write_private_file,
     write_registry_config,
     write_repository_config,
@@ -196,7 +197,7 @@ class HelmClient:
         helm_timeout = self._clamp(helm_timeout_seconds(options))
         with private_workdir(self.work_dir) as workdir:
             values_file = write_values_file(workdir, values)
-            cluster = write_private_file(workdir / "kubeconfig", kubeconfig) if kubeconfig else None
+            cluster = write_kubeconfig(workdir, kubeconfig)
             source = await self._chart_source(
                 workdir, chart, credentials, ca_pem, helm.major, tenant, helm_home, cluster
             )
@@ -428,7 +429,7 @@ class HelmClient:
             yield None
             return
         with private_workdir(self.work_dir) as workdir:
-            yield write_private_file(workdir / "kubeconfig", kubeconfig)
+            yield write_kubeconfig(workdir, kubeconfig)
 
     def _tenant_home(self, tenant: str) -> Path:
         try:

@@ -151,6 +151,12 @@ def write_private_file(path: Path, content: str) -> Path:
     return path
 
 
+def write_kubeconfig(directory: Path, kubeconfig: str | None) -> Path | None:
+    """A remote cluster's kubeconfig (its text) as a 0600 file of a run's private directory;
+    None (no file: the operator's own cluster) without one."""
+    return write_private_file(directory / "kubeconfig", kubeconfig) if kubeconfig else None
+
+
 def write_values_file(directory: Path, values: Mapping[str, Any]) -> Path:
     """The values as JSON (valid YAML, exact for every JSON type) in a 0600 file."""
     try:

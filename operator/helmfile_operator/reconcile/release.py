@@ -64,6 +64,7 @@ logger = logging.getLogger("helmfile_operator.release")
 # The Ready reason while the chart's repository cannot say which version a range stands for.
 CHART_UNAVAILABLE = "ChartUnavailable"
 AWAITING_APPROVAL = "AwaitingApproval"
+FORBIDDEN = "Forbidden"  # Helm's storage unreadable as the release's identity
 ROLLOUT_ROLLED_BACK = "RolloutRolledBack"
 
 
@@ -132,6 +133,7 @@ async def observe(ctx: ReleaseContext) -> Observation:
     spec = ctx.spec
     hold = _rollout_hold(ctx)
     unready = _unready_needs(ctx)
+    ctx.other_shard_needs = await _other_shard_needs(ctx, unready)
     base = Observation(
         suspended=spec.suspend,
         held=hold is not None,
@@ -139,7 +141,7 @@ async def observe(ctx: ReleaseContext) -> Observation:
         self_needed=ctx.key.name in spec.needs,
         owner=owner_name,
         unready_needs=tuple(unready),
-        other_shard_needs=tuple(await _other_shard_needs(ctx, unready)),
+        other_shard_needs=tuple(ctx.other_shard_needs),
         approval_manual=ctx.approval_manual,
         install_wanted=spec.installed,
         interval_seconds=ctx.interval_seconds,
@@ -226,7 +228,7 @@ def _cluster_answered(ctx: ReleaseContext) -> None:
     """The remote cluster answered: failures counted while it did not start over."""
     ctx.mark_cluster(True)
     ready = conditions.find(ctx.status.conditions, conditions.READY)
-    if ready is not None and ready.reason in (CLUSTER_UNREACHABLE, "Forbidden"):
+    if ready is not None and ready.reason in (CLUSTER_UNREACHABLE, FORBIDDEN):
         ctx.status.failures = 0
 
 
@@ -486,7 +488,8 @@ async def _reject_owned(ctx: ReleaseContext, decision: Decision) -> None:
 
 
 async def _reject_other_shard_needs(ctx: ReleaseContext, decision: Decision) -> None:
-    others = await _other_shard_needs(ctx, _unready_needs(ctx))
+    # observe() looked them up (an API read each): not read again here.
+    others = ctx.other_shard_needs
     ours = repr(ctx.reconciler.settings.shard) if ctx.reconciler.settings.shard else "unsharded"
     ctx.stalled(
         "NeedsInAnotherShard",
@@ -592,10 +595,10 @@ async def _report_forbidden(ctx: ReleaseContext, decision: Decision) -> None:
         # A remote API server refuses for a while after it starts (its authorizer's caches
         # are not synced yet), and its RBAC cannot be watched from here: retried with backoff.
         ctx.status.failures += 1
-        retry_later(ctx, "Forbidden", message)
+        retry_later(ctx, FORBIDDEN, message)
         return
     # Permissions come back by someone's hand: Stalled, re-evaluated every interval.
-    stall(ctx, "Forbidden", message, "not retryable")
+    stall(ctx, FORBIDDEN, message, "not retryable")
 
 
 async def _wait_for_lock(ctx: ReleaseContext, decision: Decision) -> None:

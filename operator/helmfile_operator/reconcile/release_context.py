@@ -119,6 +119,7 @@ class ReleaseContext:
     access_error: str | None = None  # why Helm's storage could not be read as the tenant
     cluster_error: KubeconfigError | None = None  # why spec.kubeConfig cannot be used
     cluster_unreachable: str | None = None  # why the remote cluster did not answer
+    other_shard_needs: list[str] = field(default_factory=list)  # needs another shard owns
     requeue_after: float | None = None
     cluster: RemoteCluster | None = None  # spec.kubeConfig's cluster (None: the operator's own)
     written: dict[str, Any] = field(default_factory=dict)  # the status as last read or written
