@@ -24,6 +24,7 @@ from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 
 from helmfile_operator.api.models import GROUP, VERSION
+from helmfile_operator.helm.storage import secret_name as storage_secret_name
 
 FIELD_MANAGER = "helmfile-operator"
 # (connect, read) seconds for every request: a half-open connection must end in an error that the
@@ -32,6 +33,8 @@ REQUEST_TIMEOUT = (10.0, 60.0)
 STATES = "helmfilestates"
 RELEASES = "helmfilereleases"
 JSON = "application/json"
+# Objects without their content (no Secret data): a list of Helm's storage reads its labels only.
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1, application/json"
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 
@@ -164,9 +167,10 @@ class Kube:
         body: Any,
         content_type: str,
         timeout: tuple[float, float] = REQUEST_TIMEOUT,
+        accept: str = JSON,
     ) -> Any:
         """One request (in a worker thread): the parsed JSON answer, or ApiException."""
-        headers = {"Accept": JSON}
+        headers = {"Accept": accept}
         if body is not None:
             headers["Content-Type"] = content_type
         if query:
@@ -207,9 +211,10 @@ class Kube:
         content_type: str = JSON,
         request_timeout: tuple[float, float] = REQUEST_TIMEOUT,
         executor: concurrent.futures.Executor | None = None,
+        accept: str = JSON,
     ) -> Any:
         call = functools.partial(
-            self._send, method, path, query, body, content_type, request_timeout
+            self._send, method, path, query, body, content_type, request_timeout, accept
         )
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
@@ -429,17 +434,23 @@ class Kube:
             raise self._denied(error, "patch", "secrets", namespace) from None
 
     async def helm_storage(self, namespace: str, release: str) -> list[Body]:
-        """Helm's release Secrets (one per revision) of a release."""
+        """Helm's release Secrets (one per revision) of a release, as metadata only: their
+        labels say revision and status; no Secret data crosses the wire."""
         try:
             result = await self._request(
                 "GET",
                 self._core("secrets", namespace),
                 query={"labelSelector": f"owner=helm,name={release}"},
+                accept=METADATA_LIST,
             )
         except ApiException as error:
             raise self._denied(error, "list", "secrets", namespace) from None
         items: list[Body] = result["items"]
         return items
+
+    async def helm_revision(self, namespace: str, release: str, revision: int) -> Body | None:
+        """One revision's storage Secret, whole (values and manifest: memory only)."""
+        return await self.get_secret(namespace, storage_secret_name(release, revision))
 
 
 _CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"

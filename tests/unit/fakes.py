@@ -143,6 +143,7 @@ class FakeKube(FakeLeases):
         self.writes: list[Write] = []
         self.events: list[Body] = []
         self.identities: list[str | None] = []
+        self.storage_data_reads: list[str] = []  # names of Helm storage Secrets read whole
         self._applied_keys: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
         self._uids = itertools.count(1)
         self._clock = itertools.count(1)
@@ -340,13 +341,19 @@ class FakeKube(FakeLeases):
         self.secrets[(namespace, body["metadata"]["name"])] = copy.deepcopy(body)
 
     async def helm_storage(self, namespace: str, release: str) -> list[Body]:
+        """As the API server answers a PartialObjectMetadataList: metadata only."""
         await asyncio.sleep(0)
         return [
-            copy.deepcopy(secret)
+            {"metadata": copy.deepcopy(secret["metadata"])}
             for (ns, _), secret in self.secrets.items()
             if ns == namespace
             and _matches(secret["metadata"].get("labels") or {}, f"owner=helm,name={release}")
         ]
+
+    async def helm_revision(self, namespace: str, release: str, revision: int) -> Body | None:
+        name = f"sh.helm.release.v1.{release}.v{revision}"
+        self.storage_data_reads.append(name)
+        return await self.get_secret(namespace, name)
 
     # --- helm storage (what helm's Secret driver writes) ---
 
@@ -532,6 +539,7 @@ class FakeHelm:
             chart_name=chart.name,
             chart_version=chart.version or "1.0.0",
             app_version="1.0",
+            manifest=manifest,  # helm's --output json carries it
         )
 
     async def _dry_run(

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from helmfile_operator.helm import ReleaseInfo
+from helmfile_operator.reconcile.release_context import Storage
 from helmfile_operator.helm.storage import (
     HELM_SECRET_TYPE,
     StorageDecodeError,
     decode_release,
     decode_release_json,
     label_selector,
-    latest_from_secrets,
-    latest_status_from_labels,
+    secret_release,
     secret_name,
 )
 
@@ -136,27 +136,23 @@ def test_malformed_data(data: str) -> None:
         decode_release(data)
 
 
-def test_latest_from_secrets_picks_the_highest_version() -> None:
+def _metadata_only(secret: dict[str, Any]) -> dict[str, Any]:
+    """What a PartialObjectMetadataList item of the Secret holds: no type, no data."""
+    return {"metadata": secret["metadata"]}
+
+
+def test_storage_from_labels_picks_the_highest_version() -> None:
     secrets = [
-        storage_secret(release_json(revision=revision, status=status))
+        _metadata_only(storage_secret(release_json(revision=revision, status=status)))
         for revision, status in [(2, "superseded"), (10, "deployed"), (9, "superseded")]
     ]
-    latest = latest_from_secrets(secrets)
-    assert latest is not None
-    assert (latest.revision, latest.status) == (10, "deployed")
-    assert latest_status_from_labels(secrets) == (10, "deployed")
+    storage = Storage.from_secrets(secrets, "demo")
+    assert storage is not None
+    assert (storage.revision, storage.status) == (10, "deployed")
+    assert [r.number for r in storage.revisions] == [2, 9, 10]
 
 
-def test_latest_from_secrets_decodes_only_the_latest() -> None:
-    secrets = [storage_secret(release_json(revision=r)) for r in (1, 2, 3)]
-    secrets[0]["data"]["release"] = "garbage that would fail to decode"
-    secrets[1]["data"] = {}
-    latest = latest_from_secrets(secrets)
-    assert latest is not None
-    assert latest.revision == 3
-
-
-def test_latest_ignores_foreign_secrets() -> None:
+def test_storage_ignores_foreign_secrets() -> None:
     mine = storage_secret(release_json(revision=1))
     other_release = storage_secret(release_json(name="other", revision=7))
     not_helm = storage_secret(release_json(revision=8))
@@ -166,24 +162,23 @@ def test_latest_ignores_foreign_secrets() -> None:
     bad_version = storage_secret(release_json(revision=11))
     bad_version["metadata"]["labels"]["version"] = "v11"
     secrets = [mine, other_release, not_helm, wrong_type, bad_version]
-    latest = latest_from_secrets(secrets, release_name="demo")
-    assert latest is not None
-    assert latest.revision == 1
-    assert latest_status_from_labels(secrets) == (7, "deployed")
-    assert latest_status_from_labels(secrets, release_name="demo") == (1, "deployed")
+    storage = Storage.from_secrets(secrets, "demo")
+    assert storage is not None
+    assert storage.revision == 1
+    assert Storage.from_secrets([], "demo") is None
+    assert Storage.from_secrets([{"metadata": {}}], "demo") is None
 
 
-def test_latest_of_nothing() -> None:
-    assert latest_from_secrets([]) is None
-    assert latest_status_from_labels([]) is None
-    assert latest_status_from_labels([{"metadata": {}}]) is None
+def test_secret_release_decodes_one_secret() -> None:
+    stored = secret_release(storage_secret(release_json(revision=3)))
+    assert (stored.revision, stored.status) == (3, "deployed")
 
 
-def test_latest_without_data_is_an_error() -> None:
+def test_secret_without_data_is_an_error() -> None:
     secret = storage_secret(release_json())
     del secret["data"]
-    with pytest.raises(StorageDecodeError):
-        latest_from_secrets([secret])
+    with pytest.raises(StorageDecodeError, match="no release data"):
+        secret_release(secret)
 
 
 def test_names() -> None:

@@ -142,6 +142,19 @@ async def test_second_pass_with_nothing_changed_runs_no_helm_and_writes_nothing(
     assert world.pending_delay(key()) == pytest.approx(INTERVAL, abs=1)
 
 
+async def test_install_and_no_op_passes_read_no_helm_storage_data(world: World) -> None:
+    """The inventory comes from helm's output; a pass reads Helm's storage labels only (a
+    metadata list), never a revision's data (its values and manifest, up to a MiB each)."""
+    world.kube.create(RELEASES, release_body())
+    await reconcile(world)
+    assert status(world)["inventory"] == [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}
+    ]
+    for _ in range(3):
+        await reconcile(world)
+    assert world.kube.storage_data_reads == []
+
+
 async def test_values_change_upgrades_and_unchanged_values_do_nothing(world: World) -> None:
     await installed(world)
 

@@ -11,8 +11,7 @@ from helmfile_operator.helm.output import HelmVersion, HistoryRecord, ReleaseInf
 from helmfile_operator.helm.storage import (
     StorageDecodeError,
     decode_release,
-    latest_from_secrets,
-    latest_status_from_labels,
+    secret_release,
 )
 
 __all__ = [
@@ -26,6 +25,5 @@ __all__ = [
     "StorageDecodeError",
     "classify",
     "decode_release",
-    "latest_from_secrets",
-    "latest_status_from_labels",
+    "secret_release",
 ]

@@ -186,8 +186,8 @@ class HelmClient:
         dry_run: bool = False,
         kubeconfig: str | None = None,
     ) -> ReleaseInfo:
-        """`helm upgrade --install` (`dry_run`: `--dry-run=server`, and the result carries the
-        manifest helm would apply). The caller resolves `chart.repository.secretRef` into
+        """`helm upgrade --install` (`dry_run`: `--dry-run=server`); the result carries the
+        manifest helm applied (or would apply). The caller resolves `chart.repository.secretRef` into
         `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read from
         Secrets) that must not appear in an error message. `helm_home`, when given, is used
         instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`; `kubeconfig`:
@@ -226,7 +226,7 @@ class HelmClient:
                 cwd=source.cwd,
             )
         try:
-            return parse_release(result.stdout, with_manifest=dry_run)
+            return parse_release(result.stdout, with_manifest=True)
         except (ValueError, TypeError):
             raise HelmError(
                 HelmErrorKind.UNKNOWN, "upgrade", "helm succeeded but its output was not a release"

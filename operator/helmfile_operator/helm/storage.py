@@ -16,7 +16,7 @@ import binascii
 import gzip
 import json
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from helmfile_operator.helm.output import ReleaseInfo, release_info
@@ -69,60 +69,22 @@ def decode_release(data_release_b64: str) -> ReleaseInfo:
         raise StorageDecodeError("release version is not a number") from None
 
 
-def latest_from_secrets(
-    secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
-) -> ReleaseInfo | None:
-    """The highest revision among storage Secrets (Kubernetes JSON objects), decoding only it."""
-    release = latest_release_json(secrets, release_name=release_name)
-    if release is None:
-        return None
+def secret_release_json(secret: Mapping[str, Any]) -> dict[str, Any]:
+    """The whole release object of one storage Secret (values included: memory only)."""
+    data = _mapping(secret.get("data")).get("release")
+    if not isinstance(data, str):
+        name = _mapping(secret.get("metadata")).get("name")
+        raise StorageDecodeError(f"storage Secret {name} has no release data")
+    return decode_release_json(data)
+
+
+def secret_release(secret: Mapping[str, Any]) -> ReleaseInfo:
+    """The summary and manifest of the release in one storage Secret (a Kubernetes object)."""
+    release = secret_release_json(secret)
     try:
         return release_info(release, with_manifest=True)
     except (TypeError, ValueError):
         raise StorageDecodeError("release version is not a number") from None
-
-
-def latest_release_json(
-    secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
-) -> dict[str, Any] | None:
-    """The whole release object of the highest revision (values included: memory only)."""
-    latest = _latest(secrets, release_name)
-    if latest is None:
-        return None
-    data = _mapping(latest[2].get("data")).get("release")
-    if not isinstance(data, str):
-        raise StorageDecodeError(f"storage Secret of revision {latest[0]} has no release data")
-    return decode_release_json(data)
-
-
-def latest_status_from_labels(
-    secrets: Iterable[Mapping[str, Any]], *, release_name: str | None = None
-) -> tuple[int, str] | None:
-    """(revision, status) of the highest revision, from labels alone: nothing is decoded."""
-    latest = _latest(secrets, release_name)
-    return None if latest is None else (latest[0], latest[1])
-
-
-def _latest(
-    secrets: Iterable[Mapping[str, Any]], release_name: str | None
-) -> tuple[int, str, Mapping[str, Any]] | None:
-    best: tuple[int, str, Mapping[str, Any]] | None = None
-    for secret in secrets:
-        secret_type = secret.get("type")
-        if secret_type is not None and secret_type != HELM_SECRET_TYPE:
-            continue
-        labels = _mapping(_mapping(secret.get("metadata")).get("labels"))
-        if labels.get("owner") != OWNER_LABEL_VALUE:
-            continue
-        if release_name is not None and labels.get("name") != release_name:
-            continue
-        try:
-            revision = int(str(labels.get("version")))
-        except ValueError:
-            continue
-        if best is None or revision > best[0]:
-            best = (revision, str(labels.get("status") or ""), secret)
-    return best
 
 
 def _mapping(value: object) -> Mapping[str, Any]:

@@ -805,7 +805,7 @@ async def _adopt_unrecorded_success(ctx: ReleaseContext) -> bool:
         or storage.revision <= (progress.revision_before or 0)
     ):
         return False
-    stored = await ctx.read_stored_release()
+    stored = await ctx.read_stored_release(storage.revision)
     if stored is None:
         return False
     verb: Literal["install", "upgrade"] = "install" if progress.action == "install" else "upgrade"

@@ -20,7 +20,7 @@ from helmfile_operator.api.models import (
     duration_seconds,
 )
 from helmfile_operator.clusters import KubeconfigError, RemoteCluster
-from helmfile_operator.helm import ReleaseInfo, latest_from_secrets
+from helmfile_operator.helm import ReleaseInfo, secret_release
 from helmfile_operator.kube import RELEASES, Kube, merge_patch_between
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import (
@@ -114,7 +114,6 @@ class ReleaseContext:
     refresh_sources: bool = False  # a reconcile request: ask the repository again now
     plan_id: str | None = None  # the id of the plan of the change wanted now (none: no change)
     plan_action: PlanAction | None = None
-    storage_secrets: list[dict[str, Any]] | None = None  # Helm's storage as read this pass
     values_error: str | None = None  # why the final values could not be resolved
     access_error: str | None = None  # why Helm's storage could not be read as the tenant
     cluster_error: KubeconfigError | None = None  # why spec.kubeConfig cannot be used
@@ -307,19 +306,26 @@ class ReleaseContext:
             kubeconfig=self.kubeconfig,
         )
 
-    async def read_stored_release(self) -> ReleaseInfo | None:
-        """The newest revision in Helm's storage, decoded (manifest included), read as the
-        tenant; raises StorageDecodeError when it is not a Helm release."""
-        secrets = await self.target_kube.helm_storage(
-            self.spec.target_namespace, self.spec.release_name
+    async def read_stored_release(self, revision: int | None = None) -> ReleaseInfo | None:
+        """A revision in Helm's storage (None: the head, from the labels of every revision),
+        decoded (manifest included), read as the tenant: one Secret's data, no other. Raises
+        StorageDecodeError when it is not a Helm release."""
+        if revision is None:
+            storage = await self.read_storage()
+            if storage is None:
+                return None
+            revision = storage.revision
+        secret = await self.target_kube.helm_revision(
+            self.spec.target_namespace, self.spec.release_name, revision
         )
-        return latest_from_secrets(secrets, release_name=self.spec.release_name)
+        return secret_release(secret) if secret is not None else None
 
     async def read_storage(self) -> Storage | None:
+        """Every revision's number and status, from the labels of Helm's storage Secrets (a
+        metadata-only list: no Secret data is read)."""
         secrets = await self.target_kube.helm_storage(
             self.spec.target_namespace, self.spec.release_name
         )
-        self.storage_secrets = secrets  # a plan of this pass decodes its head from them
         return Storage.from_secrets(secrets, self.spec.release_name)
 
     # --- side effects ---------------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """install / upgrade: `helm upgrade --install` with the final values, then record the outcome.
 
 Order matters: the action is recorded on the status (`inProgress`) before helm starts, so that a
-`pending-*` lock left by a crash is known to be ours; helm's result is written as soon as helm
-returns, before anything else (inventory, drift) can fail, so that a later error never re-runs
-helm; a failure is remediated only when helm stored a new revision — a failure before that
-(chart or version not found, values not writable) left the deployed revision untouched.
+`pending-*` lock left by a crash is known to be ours; helm's result (with its inventory, from
+helm's output: no API request) is written as soon as helm returns, before anything else can fail,
+so that a later error never re-runs helm; a failure is remediated only when helm stored a new
+revision — a failure before that (chart or version not found, values not writable) left the
+deployed revision untouched.
 """
 
 from __future__ import annotations
@@ -14,12 +15,19 @@ import time
 from typing import Literal
 
 from helmfile_operator import goyaml
-from helmfile_operator.api.models import HistoryEntry, InProgress, InventoryEntry, LastAttempt
+from helmfile_operator.api.models import (
+    DriftMode,
+    HistoryEntry,
+    InProgress,
+    InventoryEntry,
+    LastAttempt,
+)
 from helmfile_operator.helm import HelmError, ReleaseInfo
 from helmfile_operator.kube import describe
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.actions.chart_tests import run_chart_tests
 from helmfile_operator.reconcile.actions.crds import prepare_crds
+from helmfile_operator.reconcile.actions.detect_drift import drift_mode
 from helmfile_operator.reconcile.actions.remediate import remediate
 from helmfile_operator.reconcile.failures import record_failure
 from helmfile_operator.reconcile.plan import fill_install_plan
@@ -96,7 +104,6 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
         return
     record_success(ctx, verb, result, time.monotonic() - started)
     await ctx.flush()  # recorded before anything else can fail
-    await _record_inventory(ctx)
     await run_chart_tests(ctx, verb)
 
 
@@ -125,6 +132,7 @@ def record_success(
     )
     status.failures = 0
     _record_history(ctx, result.revision, result.chart_version, "deployed")
+    _record_inventory(ctx, result)
     message = (
         f"{PAST[verb]} revision {result.revision} of {result.chart_name} {result.chart_version}"
     )
@@ -174,15 +182,17 @@ async def _storage_after_failure(ctx: ReleaseContext) -> Storage | None:
         return ctx.storage
 
 
-async def _record_inventory(ctx: ReleaseContext) -> None:
-    """The objects of the revision just deployed, from Helm's storage (helm's JSON output is
-    not read for it: it also carries the values). Best effort: helm's result is already
-    recorded, so a manifest that cannot be read costs the inventory, never another helm run."""
+def _record_inventory(ctx: ReleaseContext, result: ReleaseInfo) -> None:
+    """The objects of the revision just deployed, from its manifest (helm's output, or Helm's
+    storage when adopting): no API request. A drift check of this revision finds the manifest
+    cached. Best effort: a manifest that cannot be parsed costs the inventory, never helm's
+    result, which is recorded with it."""
+    if drift_mode(ctx) is not DriftMode.DISABLED:
+        connection = ctx.cluster.digest if ctx.cluster is not None else ""
+        ctx.reconciler.manifests.put(ctx.target, (connection, result.revision), result.manifest)
     try:
-        stored = await ctx.read_stored_release()
-        ctx.status.inventory = inventory(stored.manifest) if stored is not None else []
-        if stored is not None:
-            fill_install_plan(ctx.status.plan, stored.manifest, ctx.spec.target_namespace)
+        ctx.status.inventory = inventory(result.manifest)
+        fill_install_plan(ctx.status.plan, result.manifest, ctx.spec.target_namespace)
     except Exception as error:
         logger.warning("%s: inventory not recorded: %s", ctx.key, describe(error))
         ctx.event("Warning", "InventoryUnavailable", f"inventory not recorded: {describe(error)}")

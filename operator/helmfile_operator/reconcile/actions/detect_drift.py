@@ -23,7 +23,7 @@ async def _manifest(ctx: ReleaseContext) -> str | None:
     if cached is not None:
         return cached
     try:
-        stored = await ctx.read_stored_release()
+        stored = await ctx.read_stored_release(ctx.storage.revision)
     except StorageDecodeError:
         return None
     if stored is None:

@@ -22,7 +22,7 @@ from helmfile_operator.api.models import (
     ReleasePlan,
 )
 from helmfile_operator.helm import HelmClient
-from helmfile_operator.helm.storage import StorageDecodeError, latest_release_json
+from helmfile_operator.helm.storage import StorageDecodeError, secret_release_json
 from helmfile_operator.kube import AccessDenied, Kube
 from helmfile_operator.reconcile.drift import (
     Comparison,
@@ -61,7 +61,6 @@ class PlanRequest:
     impersonate: str | None  # who the change runs as in the target cluster
     deployed_revision: int | None  # the head revision in Helm's storage (None: not installed)
     secret_strings: Sequence[str] = ()
-    storage_secrets: Sequence[dict[str, Any]] | None = None  # Helm's storage, if read already
     secret_paths: Sequence[tuple[Any, ...]] = ()  # where Secret layers set values
     kubeconfig: str | None = None  # the target cluster's (None: the cluster `kube` talks to)
 
@@ -86,7 +85,6 @@ async def ensure_plan(ctx: ReleaseContext, action: PlanAction) -> ReleasePlan:
         impersonate=ctx.target_identity,
         deployed_revision=ctx.storage.revision if ctx.storage is not None else None,
         secret_strings=ctx.secret_strings,
-        storage_secrets=ctx.storage_secrets,
         secret_paths=ctx.secret_paths,
         kubeconfig=ctx.kubeconfig,
     )
@@ -117,7 +115,7 @@ async def compute_plan(
     objects, in the target cluster, as the identity the change runs as."""
     action, spec = request.action, request.spec
     deployed = (
-        await _deployed_release(target_kube or kube, spec, request.storage_secrets)
+        await _deployed_release(target_kube or kube, spec, request.deployed_revision)
         if request.deployed_revision is not None
         else None
     )
@@ -164,13 +162,12 @@ async def compute_plan(
 
 
 async def _deployed_release(
-    kube: Kube, spec: HelmfileReleaseSpec, secrets: Sequence[dict[str, Any]] | None
+    kube: Kube, spec: HelmfileReleaseSpec, revision: int
 ) -> dict[str, Any] | None:
-    """The head revision's release object (values included: memory only)."""
+    """The deployed revision's release object (values included: memory only)."""
     try:
-        if secrets is None:
-            secrets = await kube.helm_storage(spec.target_namespace, spec.release_name)
-        return latest_release_json(secrets, release_name=spec.release_name)
+        secret = await kube.helm_revision(spec.target_namespace, spec.release_name, revision)
+        return secret_release_json(secret) if secret is not None else None
     except StorageDecodeError as error:
         logger.warning(
             "%s/%s: deployed revision not readable for the plan: %s",
