@@ -122,24 +122,32 @@ def test_forced_resync_of_an_unchanged_state_runs_no_upgrade(
 ) -> None:
     install_stack(cluster, chart_repo, namespace)
     before = {name: r["revision"] for name, r in helm_releases(cluster, namespace).items()}
+    versions = {
+        name: obj["metadata"]["resourceVersion"]
+        for name, obj in release_objects(cluster, namespace).items()
+    }
     requested = datetime.datetime.now(datetime.UTC).isoformat()
     cluster.run(
         "kubectl", "annotate", "--overwrite", "-n", namespace, f"hfs/{STACK}",
         f"helmfile.dev/reconcile-requested-at={requested}",
     )  # fmt: skip
 
-    # Every release handled the request (so it really ran a pass) ...
+    # The state records the request once every release ran a pass for it ...
     wait_until(
-        lambda: all(
-            obj["status"].get("lastHandledReconcileAt") == requested
-            for obj in release_objects(cluster, namespace).values()
-        ),
-        message="every release to handle the reconcile request",
+        lambda: cluster.kubectl_json("get", "hfs", STACK, "-n", namespace)["status"].get(
+            "lastHandledReconcileAt"
+        )
+        == requested,
+        message="the state to record the reconcile request as handled by every release",
     )
-    # ... and none of them ran helm upgrade.
+    # ... and none of them ran helm upgrade, or wrote anything to its HelmfileRelease.
     after = {name: r["revision"] for name, r in helm_releases(cluster, namespace).items()}
     assert after == before
     assert all(len(helm_history(cluster, namespace, name)) == 1 for name in after)
+    assert {
+        name: obj["metadata"]["resourceVersion"]
+        for name, obj in release_objects(cluster, namespace).items()
+    } == versions
 
 
 def _release(name: str, **extra: Any) -> dict[str, Any]:

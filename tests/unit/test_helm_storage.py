@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 
 from helmfile_operator.helm import ReleaseInfo
-from helmfile_operator.reconcile.release_context import Storage
 from helmfile_operator.helm.storage import (
     HELM_SECRET_TYPE,
     StorageDecodeError,
     decode_release,
     decode_release_json,
     label_selector,
-    secret_release,
     secret_name,
+    secret_release,
 )
+from helmfile_operator.reconcile.release_context import Storage
 
 
 def release_json(

@@ -19,6 +19,7 @@ from helmfile_operator.reconcile.context import (
     IndexedRelease,
     ObjectKey,
 )
+from helmfile_operator.reconcile.release import reconcile_release
 from helmfile_operator.reconcile.state import reconcile_state
 
 STATE = "platform"
@@ -392,18 +393,44 @@ async def test_the_shard_label_of_the_state_is_copied_to_its_children(world: Wor
             assert labels[STATE_LABEL] == STATE
 
 
-async def test_reconcile_request_reaches_the_children(world: World) -> None:
+async def drain(world: World) -> set[ObjectKey]:
+    queued = set()
+    while len(world.queue):
+        queued_key = await world.queue.get()
+        world.queue.done(queued_key)
+        queued.add(queued_key)
+    return queued
+
+
+async def test_reconcile_request_reaches_the_children_in_memory(world: World) -> None:
+    """A state's reconcile request queues a pass of every release — nothing is written to them
+    — and the state records it once the last one has run."""
     world.kube.create(STATES, state_body())
     await reconcile(world)
+    await drain(world)
+    requested = "2031-01-01T00:00:00Z"
 
-    world.kube.annotate(STATES, NAMESPACE, STATE, **{RECONCILE_REQUEST: "2031-01-01T00:00:00Z"})
+    world.kube.annotate(STATES, NAMESPACE, STATE, **{RECONCILE_REQUEST: requested})
+    writes = len(world.kube.writes)
     await reconcile(world)
 
-    for release in ("db", "api"):
-        body = child(world, release)
-        assert body is not None
-        assert body["metadata"]["annotations"][RECONCILE_REQUEST] == "2031-01-01T00:00:00Z"
-    assert state(world)["status"]["lastHandledReconcileAt"] == "2031-01-01T00:00:00Z"
+    assert child_writes(world, writes) == []
+    names = [f"{STATE}-db", f"{STATE}-api"]
+    assert await drain(world) == {ObjectKey("HelmfileRelease", NAMESPACE, n) for n in names}
+    assert "lastHandledReconcileAt" not in state(world).get("status", {})
+    for name in names:
+        assert RECONCILE_REQUEST not in (child(world, name[len(STATE) + 1 :]) or {})[
+            "metadata"
+        ].get("annotations", {})
+        assert await drain(world) == set()  # the state waits for the last release
+        await reconcile_release(world.reconciler, ObjectKey("HelmfileRelease", NAMESPACE, name))
+    assert ObjectKey("HelmfileState", NAMESPACE, STATE) in await drain(world)
+    await reconcile(world)
+    assert state(world)["status"]["lastHandledReconcileAt"] == requested
+    writes = len(world.kube.writes)
+    await reconcile(world)  # handled: not forwarded again
+    assert await drain(world) == set()
+    assert world.kube.writes[writes:] == []
 
 
 async def test_deletion_policy_keep_marks_children(world: World) -> None:

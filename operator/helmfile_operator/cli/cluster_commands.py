@@ -222,9 +222,10 @@ def _wait(
             if shown.get(name) != line:
                 shown[name] = line
                 console.print(_release_line(obj))
-        handled = all(
-            (obj.get("status") or {}).get("lastHandledReconcileAt") == requested and is_current(obj)
-            for obj in [body, *children]  # a state's summary may predate its releases' passes
+        # A state records the request once each of its releases ran a pass for it; its summary
+        # may still predate their last status writes.
+        handled = (body.get("status") or {}).get("lastHandledReconcileAt") == requested and all(
+            is_current(obj) for obj in [body, *children]
         )
         if handled:
             ready = condition(body, "Ready") or {}

@@ -187,11 +187,12 @@ class HelmClient:
         kubeconfig: str | None = None,
     ) -> ReleaseInfo:
         """`helm upgrade --install` (`dry_run`: `--dry-run=server`); the result carries the
-        manifest helm applied (or would apply). The caller resolves `chart.repository.secretRef` into
-        `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read from
-        Secrets) that must not appear in an error message. `helm_home`, when given, is used
-        instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`; `kubeconfig`:
-        the kubeconfig (its text) of the cluster to act on (default: the operator's own)."""
+        manifest helm applied (or would apply). The caller resolves `chart.repository.secretRef`
+        into `credentials` and `caSecretRef` into `ca_pem`; `redact` lists strings (values read
+        from Secrets) that must not appear in an error message. `helm_home`, when given, is used
+        instead of the tenant's home; `skip_crds`: do not install the chart's `crds/`;
+        `kubeconfig`: the kubeconfig (its text) of the cluster to act on (default: the
+        operator's own)."""
         helm = await self.version()
         secrets = [*redact, *([credentials.password] if credentials else [])]
         helm_timeout = self._clamp(helm_timeout_seconds(options))

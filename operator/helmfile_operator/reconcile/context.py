@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -173,6 +173,43 @@ class ManifestCache:
             self._bytes -= len(entry[1])
 
 
+class ForwardedRequests:
+    """A state's reconcile request (`reconcile-requested-at`), passed on to its releases in
+    memory rather than written onto each of them: which releases have yet to run a pass for it.
+    The state records `lastHandledReconcileAt` once none is left. Lost on a restart, which is
+    harmless: the state's first pass then forwards the request again."""
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str], tuple[str, set[str]]] = {}  # state → (request, left)
+
+    def forward(self, namespace: str, state: str, requested: str, releases: Iterable[str]) -> None:
+        self._pending[namespace, state] = (requested, set(releases))
+
+    def forwarded(self, namespace: str, state: str, requested: str) -> bool:
+        entry = self._pending.get((namespace, state))
+        return entry is not None and entry[0] == requested
+
+    def all_handled(self, namespace: str, state: str, requested: str) -> bool:
+        entry = self._pending.get((namespace, state))
+        return entry is not None and entry[0] == requested and not entry[1]
+
+    def of_release(self, namespace: str, state: str | None, release: str) -> str | None:
+        """The request this release has yet to handle, if any."""
+        entry = self._pending.get((namespace, state)) if state else None
+        return entry[0] if entry is not None and release in entry[1] else None
+
+    def handled(self, namespace: str, state: str, release: str) -> bool:
+        """The release ran its pass; True when it was the last one (the state may record it)."""
+        entry = self._pending.get((namespace, state))
+        if entry is None or release not in entry[1]:
+            return False
+        entry[1].discard(release)
+        return not entry[1]
+
+    def forget(self, namespace: str, state: str) -> None:
+        self._pending.pop((namespace, state), None)
+
+
 @dataclass
 class Reconciler:
     kube: Kube
@@ -183,6 +220,7 @@ class Reconciler:
     drift: DriftChecker | None = None
     events: EventRecorder = field(default_factory=lambda: EventRecorder(None))
     manifests: ManifestCache = field(default_factory=ManifestCache)
+    requests: ForwardedRequests = field(default_factory=ForwardedRequests)
     metrics: Metrics = field(default_factory=Metrics)
     versions: VersionResolver = field(default_factory=VersionResolver)
     clusters: ClusterPool | None = None  # remote clusters (None: spec.kubeConfig is refused)

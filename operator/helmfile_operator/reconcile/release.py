@@ -83,9 +83,10 @@ async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
         return
     ctx = ReleaseContext(reconciler, key, body, spec, status)
 
+    forwarded_by = None
     if not body["metadata"].get("deletionTimestamp"):
         await _ensure_finalizer(ctx)
-        _handle_reconcile_request(ctx)
+        forwarded_by = _handle_reconcile_request(ctx)
     observation = await observe(ctx)
     decision = decide(observation)
     logger.debug(
@@ -104,6 +105,10 @@ async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
         await ctx.flush()
     if ctx.requeue_after is not None:
         reconciler.queue.add_after(key, ctx.requeue_after)
+    if forwarded_by is not None and reconciler.requests.handled(
+        key.namespace, forwarded_by, key.name
+    ):
+        reconciler.queue.add(ObjectKey("HelmfileState", key.namespace, forwarded_by))
 
 
 # --- observe: reads only ------------------------------------------------------------------------
@@ -417,15 +422,32 @@ async def _ensure_finalizer(ctx: ReleaseContext) -> None:
     metadata["finalizers"] = wanted
 
 
-def _handle_reconcile_request(ctx: ReleaseContext) -> None:
-    """`helmfile.dev/reconcile-requested-at` changed: reconcile now and retry a Stalled release."""
+def _handle_reconcile_request(ctx: ReleaseContext) -> str | None:
+    """A reconcile request — `helmfile.dev/reconcile-requested-at` on the release (recorded in
+    its status), or on its state (forwarded in memory: returns the state's name): reconcile now,
+    ask the chart's repository again, and retry a failed or Stalled release."""
+    status = ctx.status
     requested = ctx.annotation(RECONCILE_REQUEST)
-    if requested and requested != ctx.status.last_handled_reconcile_at:
-        ctx.status.last_handled_reconcile_at = requested
-        ctx.refresh_sources = True
-        ctx.status.failures = 0
-        ctx.status.last_attempted = None
+    direct = bool(requested and requested != status.last_handled_reconcile_at)
+    state = (ctx.body["metadata"].get("labels") or {}).get(STATE_LABEL)
+    forwarded = ctx.reconciler.requests.of_release(ctx.key.namespace, state, ctx.key.name)
+    if not direct and forwarded is None:
+        return None
+    if direct:
+        status.last_handled_reconcile_at = requested
+    ctx.refresh_sources = True
+    last = status.last_attempted
+    failed = last is not None and last.result != "succeeded"
+    if (
+        direct
+        or status.failures
+        or failed
+        or conditions.find(status.conditions, conditions.STALLED)
+    ):
+        status.failures = 0
+        status.last_attempted = None
         ctx.remove_condition(conditions.STALLED)
+    return state if forwarded is not None else None
 
 
 # --- the actions: one per decision ----------------------------------------------------------------

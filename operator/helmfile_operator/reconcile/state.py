@@ -105,15 +105,41 @@ async def reconcile_state(reconciler: Reconciler, key: ObjectKey) -> None:
         status.environment = rendered.environment
         status.order = rendered.order
         await _roll_out(reconciler, key, body, status, children)
-    requested = (metadata.get("annotations") or {}).get(RECONCILE_REQUEST)
-    if requested:
-        status.last_handled_reconcile_at = requested
+    _forward_reconcile_request(reconciler, key, metadata, status, children)
     status.plan = await _plan(reconciler, key, body, status, children, removals)
     _summarise(key, status, children, generation, rendered is not None)
     status.observed_generation = generation
     after = status.to_wire()
     if after != before:
         await kube.patch_status(STATES, key.namespace, key.name, merge_patch_between(before, after))
+
+
+def _forward_reconcile_request(
+    reconciler: Reconciler,
+    key: ObjectKey,
+    metadata: dict[str, Any],
+    status: HelmfileStateStatus,
+    children: list[dict[str, Any]],
+) -> None:
+    """A new `reconcile-requested-at`: every release runs a pass for it (queued, nothing
+    written to them); once the last one has, the state records it as handled."""
+    requested = (metadata.get("annotations") or {}).get(RECONCILE_REQUEST)
+    if not requested or requested == status.last_handled_reconcile_at:
+        return
+    requests = reconciler.requests
+    if requests.all_handled(key.namespace, key.name, requested):
+        status.last_handled_reconcile_at = requested
+        requests.forget(key.namespace, key.name)
+        return
+    if requests.forwarded(key.namespace, key.name, requested):
+        return  # still running
+    names = [c["metadata"]["name"] for c in children if not c["metadata"].get("deletionTimestamp")]
+    if not names:
+        status.last_handled_reconcile_at = requested
+        return
+    requests.forward(key.namespace, key.name, requested, names)
+    for name in names:
+        reconciler.queue.add(ObjectKey("HelmfileRelease", key.namespace, name))
 
 
 async def _render(
@@ -214,9 +240,6 @@ def child_body(
 ) -> dict[str, Any]:
     release = rendered.releases[index]
     annotations = {}
-    requested = (state["metadata"].get("annotations") or {}).get(RECONCILE_REQUEST)
-    if requested:
-        annotations[RECONCILE_REQUEST] = requested
     if state["spec"].get("deletionPolicy") == DeletionPolicy.KEEP:
         annotations[KEEP_RELEASE] = "true"
     spec = release.spec.to_wire()
