@@ -134,10 +134,12 @@ def test_forced_resync_of_an_unchanged_state_runs_no_upgrade(
 
     # The state records the request once every release ran a pass for it ...
     wait_until(
-        lambda: cluster.kubectl_json("get", "hfs", STACK, "-n", namespace)["status"].get(
-            "lastHandledReconcileAt"
-        )
-        == requested,
+        lambda: (
+            cluster.kubectl_json("get", "hfs", STACK, "-n", namespace)["status"].get(
+                "lastHandledReconcileAt"
+            )
+            == requested
+        ),
         message="the state to record the reconcile request as handled by every release",
     )
     # ... and none of them ran helm upgrade, or wrote anything to its HelmfileRelease.

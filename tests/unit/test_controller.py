@@ -12,7 +12,7 @@ from fakes import FakeHelm, FakeKube, release_body
 
 from helmfile_operator.controllers.runtime import Controller
 from helmfile_operator.kube import RELEASES
-from helmfile_operator.reconcile.context import ObjectKey
+from helmfile_operator.reconcile.context import BodyCache, ObjectKey
 from helmfile_operator.reconcile.workqueue import MAX_BACKOFF_EXPONENT, WorkQueue, backoff_delay
 from helmfile_operator.settings import Settings
 from helmfile_operator.sources.resolver import SourceKey, _Entry
@@ -62,15 +62,15 @@ async def test_an_object_that_always_fails_stops_no_one(monkeypatch: pytest.Monk
     kube = FakeKube()
     ctl = controller(kube, retry_base_seconds=0.001, retry_max_seconds=0.002)
     seen: list[ObjectKey] = []
-    real_get = kube.get
+    real_set_finalizers = kube.set_finalizers
 
-    async def get(plural: str, namespace: str, name: str) -> Any:
-        if name == "bad":
+    async def set_finalizers(plural: str, namespace: str, name: str, *args: Any) -> Any:
+        if name == "bad":  # every pass of it fails, the first from the watch's body
             raise RecursionError("maximum recursion depth exceeded")
         seen.append(ObjectKey("HelmfileRelease", namespace, name))
-        return await real_get(plural, namespace, name)
+        return await real_set_finalizers(plural, namespace, name, *args)
 
-    monkeypatch.setattr(kube, "get", get)
+    monkeypatch.setattr(kube, "set_finalizers", set_finalizers)
     ctl.start()
     try:
         kube.create(RELEASES, suspended("bad"))
@@ -137,6 +137,7 @@ async def test_deleted_release_leaves_no_trace() -> None:
     assert key not in ctl.summaries
     assert ctl.index.get("apps", "web") is None
     assert len(ctl.reconciler.manifests) == 0
+    assert len(ctl.reconciler.bodies) == 0
     assert ctl.queue.tracked == 0
     ctl.queue.shutdown()
 
@@ -188,3 +189,54 @@ async def test_liveness_probe_fails_once_the_workers_died() -> None:
     with pytest.raises(kopf.PermanentError):
         workers_alive(memo=memo)
     await ctl.stop()
+
+
+async def test_a_pass_reads_the_watched_body_and_its_own_writes_not_the_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube = FakeKube()
+    ctl = controller(kube)
+    gets: list[str] = []
+    real_get = kube.get
+
+    async def get(plural: str, namespace: str, name: str) -> Any:
+        gets.append(name)
+        return await real_get(plural, namespace, name)
+
+    monkeypatch.setattr(kube, "get", get)
+    ctl.start()
+    try:
+        web = release_body("web")
+        web["metadata"]["resourceVersion"] = "1"
+        ctl.on_release_event("ADDED", kube.create(RELEASES, web))
+        await settle(ctl)  # installed: finalizer and status written, answers kept
+        assert (kube.obj(RELEASES, "apps", "web") or {})["status"]["revision"] == 1
+        ctl.queue.add(ObjectKey("HelmfileRelease", "apps", "web"))  # a resync: no event
+        await settle(ctl)
+        assert gets == []
+        helm = ctl.reconciler.helm
+        assert isinstance(helm, FakeHelm)
+        assert helm.verbs == ["upgrade_install"]
+    finally:
+        await ctl.stop()
+
+
+def test_body_cache_keeps_the_newest_of_watch_and_own_writes() -> None:
+    cache = BodyCache()
+
+    def body(version: str, revision: int) -> dict[str, Any]:
+        return {
+            "metadata": {"namespace": "apps", "name": "web", "resourceVersion": version},
+            "status": {"revision": revision},
+        }
+
+    cache.wrote(body("5", 1))
+    assert cache.get("apps", "web") is None  # only the watch says an object exists
+    cache.seen(body("5", 1))
+    cache.wrote(body("7", 2))  # our write's answer, before its watch event
+    cache.wrote(body("6", 9))  # an older answer arriving late changes nothing
+    assert (cache.get("apps", "web") or {})["status"] == {"revision": 2}
+    cache.seen(body("8", 3))
+    assert (cache.get("apps", "web") or {})["status"] == {"revision": 3}
+    cache.wrote({"metadata": {"namespace": "apps", "name": "web", "resourceVersion": "x"}})
+    assert cache.get("apps", "web") is None  # which is newer is unknown: read it again

@@ -114,4 +114,4 @@ async def state_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **
 async def release_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     controller: Controller | None = memo.get(CONTROLLER)
     if controller is not None:
-        controller.on_release_event(event["type"], body)
+        controller.on_release_event(event["type"], event["object"])  # the raw dict

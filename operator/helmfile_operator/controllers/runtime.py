@@ -284,6 +284,7 @@ class Controller:
         if event_type == "DELETED":
             self.forget_release(key)
             return
+        self.reconciler.bodies.seen(body)
         entry = indexed(body)
         index = self.reconciler.index
         previous = index.put(key.namespace, key.name, entry)
@@ -309,6 +310,7 @@ class Controller:
     def forget_release(self, key: ObjectKey) -> None:
         """The object is gone: drop everything kept for it, and wake who waited on it."""
         previous = self.reconciler.index.pop(key.namespace, key.name)
+        self.reconciler.bodies.evict(key.namespace, key.name)
         self.signatures.pop(key, None)
         self.summaries.pop(key, None)
         self.metrics.forget_release(key.namespace, key.name)
@@ -375,8 +377,10 @@ class Controller:
         except FinalizerConflict:
             # Someone wrote the object between our read and our write: read it again, now.
             self.metrics.observe_reconcile(key.kind, "conflict", time.monotonic() - started)
+            self._reread(key)
             self.queue.add(key)
         except Exception as error:
+            self._reread(key)
             self.metrics.observe_reconcile(key.kind, "error", time.monotonic() - started)
             delay = self.queue.add_rate_limited(key)
             logger.exception(
@@ -390,6 +394,12 @@ class Controller:
         else:
             self.metrics.observe_reconcile(key.kind, "success", time.monotonic() - started)
             self.queue.forget(key)
+
+    def _reread(self, key: ObjectKey) -> None:
+        """The next pass of a release reads it from the API server, not the watch's copy: what
+        failed may have been a write whose answer never came."""
+        if key.kind == "HelmfileRelease":
+            self.reconciler.bodies.evict(key.namespace, key.name)
 
     async def _report_error(self, key: ObjectKey, error: Exception, delay: float) -> None:
         """Ready=False on the object: a pass that failed must not fail silently."""

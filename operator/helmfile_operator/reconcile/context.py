@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -173,6 +174,64 @@ class ManifestCache:
             self._bytes -= len(entry[1])
 
 
+class BodyCache:
+    """The newest body seen of each HelmfileRelease, so that a pass reads its object from
+    memory rather than asking the API server — what an informer's cache is to a Go controller.
+    The watch fills it (`seen`); the answers to our own writes refresh it (`wrote`), so that a
+    pass right after a write does not see the object from before it. Kept as compact JSON: a
+    parsed body costs several times its JSON in memory, and a pass parses only its own."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, str], tuple[int | None, bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._bodies)
+
+    def seen(self, body: Mapping[str, Any]) -> None:
+        """A body from the watch (which delivers every change, in order)."""
+        self._store(body, only_newer=False)
+
+    def wrote(self, body: Mapping[str, Any] | None) -> None:
+        """Our own write's answer: kept when newer than what the watch brought meanwhile (only
+        for objects the watch has delivered: it alone says an object exists)."""
+        if body is not None:
+            self._store(body, only_newer=True)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
+        entry = self._bodies.get((namespace, name))
+        if entry is None:
+            return None
+        body: dict[str, Any] = json.loads(entry[1])
+        return body
+
+    def evict(self, namespace: str, name: str) -> None:
+        self._bodies.pop((namespace, name), None)
+
+    def _store(self, body: Mapping[str, Any], *, only_newer: bool) -> None:
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        version = _resource_version(metadata)
+        if only_newer:
+            entry = self._bodies.get(key)
+            if entry is None:
+                return
+            if version is None:  # cannot tell which is newer: the next pass asks the server
+                del self._bodies[key]
+                return
+            if (entry[0] or 0) >= version:
+                return
+        self._bodies[key] = (version, json.dumps(body, separators=(",", ":")).encode())
+
+
+def _resource_version(metadata: Mapping[str, Any]) -> int | None:
+    """etcd's revision behind resourceVersion, to tell which of two answers is newer (None when
+    it is not a number: then the copy is dropped and the next pass reads the object)."""
+    try:
+        return int(str(metadata.get("resourceVersion")))
+    except ValueError:
+        return None
+
+
 class ForwardedRequests:
     """A state's reconcile request (`reconcile-requested-at`), passed on to its releases in
     memory rather than written onto each of them: which releases have yet to run a pass for it.
@@ -221,6 +280,7 @@ class Reconciler:
     events: EventRecorder = field(default_factory=lambda: EventRecorder(None))
     manifests: ManifestCache = field(default_factory=ManifestCache)
     requests: ForwardedRequests = field(default_factory=ForwardedRequests)
+    bodies: BodyCache = field(default_factory=BodyCache)
     metrics: Metrics = field(default_factory=Metrics)
     versions: VersionResolver = field(default_factory=VersionResolver)
     clusters: ClusterPool | None = None  # remote clusters (None: spec.kubeConfig is refused)

@@ -69,7 +69,10 @@ ROLLOUT_ROLLED_BACK = "RolloutRolledBack"
 
 
 async def reconcile_release(reconciler: Reconciler, key: ObjectKey) -> None:
-    body = await reconciler.kube.get(RELEASES, key.namespace, key.name)
+    # The watched body (no request); the API server's when the watch has not delivered it.
+    body = reconciler.bodies.get(key.namespace, key.name) or await reconciler.kube.get(
+        RELEASES, key.namespace, key.name
+    )
     if body is None or not reconciler.in_shard(body):  # gone, or another shard's now
         reconciler.queue.remove(key)
         return

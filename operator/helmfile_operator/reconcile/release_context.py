@@ -357,6 +357,7 @@ class ReleaseContext:
             RELEASES, self.key.namespace, self.key.name, merge_patch_between(self.written, after)
         )
         self.written = after
+        self.reconciler.bodies.wrote(written)
         # Later writes with a resourceVersion precondition (finalizers) must see this one.
         version = ((written or {}).get("metadata") or {}).get("resourceVersion")
         if version:
