@@ -354,6 +354,9 @@ class OperatorProcess:
             # The shared operator runs single-tenant (its own, admin identity) unless a test asks
             # for the tenant model (the default ServiceAccount of each namespace).
             "HELMFILE_OPERATOR_DEFAULT_SERVICE_ACCOUNT": "",
+            # Drift tests follow each check through status.lastDriftCheck (by default it is
+            # rewritten hourly when nothing else changes; unit tests cover that).
+            "HELMFILE_OPERATOR_DRIFT_CHECK_RECORD_SECONDS": "0",
             **self.env_overrides,
         }
         with self.log_path.open("ab") as log:

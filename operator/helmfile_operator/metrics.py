@@ -81,6 +81,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.drift_checks = Counter(
+            "helmfile_operator_drift_checks_total",
+            "Drift checks run, by result (clean, drifted, failed). Every check counts here; "
+            "status.lastDriftCheck is written only when the outcome changes, or hourly.",
+            ["result"],
+            registry=r,
+        )
         self.drift_detections = Counter(
             "helmfile_operator_drift_detections_total",
             "Drift checks that found a release drifted.",

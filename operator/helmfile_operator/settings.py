@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         "`spec.kubeConfig`: they run a command of the tenant's choosing in the operator's pod. "
         "Off: such a kubeconfig is refused with a condition.",
     )
+    drift_check_record_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="A clean drift check that changes nothing else rewrites "
+        "status.lastDriftCheck at most this often (a status write per release per interval "
+        "would be most of a quiet operator's API traffic); every check counts in "
+        "helmfile_operator_drift_checks_total.",
+    )
     index_audit_seconds: float = Field(
         default=300.0,
         ge=0,

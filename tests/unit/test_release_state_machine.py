@@ -15,6 +15,7 @@ from fakes import CHART, NAMESPACE, World, condition, release_body
 from helmfile_operator.api.models import ChartReference
 from helmfile_operator.helm import HelmErrorKind
 from helmfile_operator.kube import RELEASES
+from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile import release as release_module
 from helmfile_operator.reconcile.context import (
     FINALIZER,
@@ -24,6 +25,7 @@ from helmfile_operator.reconcile.context import (
     IndexedRelease,
     ObjectKey,
 )
+from helmfile_operator.reconcile.drift import DriftReport
 from helmfile_operator.reconcile.release import reconcile_release
 from helmfile_operator.render.values import values_digest
 
@@ -1120,3 +1122,44 @@ async def test_deletion_drops_the_finalizer_after_its_own_status_write(world: Wo
 
     assert world.helm.verbs == ["uninstall"]
     assert world.kube.obj(RELEASES, NAMESPACE, "web") is None
+
+
+class CleanChecker:
+    """A drift checker whose live objects always match (counts its checks)."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    async def check(self, manifest: str, namespace: str, ignore: Any, identity: Any) -> DriftReport:
+        self.checks += 1
+        return DriftReport()
+
+
+async def test_clean_drift_checks_write_the_status_only_when_the_outcome_changes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checker = CleanChecker()
+    world.reconciler.drift = checker  # type: ignore[assignment]
+    world.kube.create(RELEASES, release_body(driftDetection={"mode": "warn"}))
+    await reconcile(world)  # install; the manifest of revision 1 is cached from helm's output
+    await reconcile(world)  # the first check: Drifted=False is news, lastDriftCheck with it
+    assert checker.checks == 1
+    assert_condition(world, "Drifted", "False", "NoDrift")
+    first = status(world)["lastDriftCheck"]
+    writes = len(world.kube.writes)
+
+    for _ in range(3):
+        await reconcile(world)
+
+    assert checker.checks == 4
+    assert world.kube.writes[writes:] == []  # the same outcome: nothing written
+    assert status(world)["lastDriftCheck"] == first
+    assert world.kube.storage_data_reads == []  # the manifest came from the install
+    counted = world.reconciler.metrics.drift_checks.labels("clean")._value.get()
+    assert counted == 4
+
+    world.reconciler.settings.drift_check_record_seconds = 0  # as if an hour had passed
+    monkeypatch.setattr(conditions, "now", lambda: "2031-01-01T00:00:00Z")
+    await reconcile(world)
+    assert [w.verb for w in world.kube.writes[writes:]] == ["patch_status"]
+    assert status(world)["lastDriftCheck"] == "2031-01-01T00:00:00Z"

@@ -892,7 +892,10 @@ class HelmfileReleaseStatus(Model):
         default=None, description="Set while the live objects differ from the release manifest."
     )
     last_drift_check: str | None = Field(
-        default=None, description=f"When drift was last checked: {_TIMESTAMP}."
+        default=None,
+        description="When drift was last checked — rewritten when a check's outcome changes, "
+        "otherwise at most once an hour (every check counts in the "
+        f"helmfile_operator_drift_checks_total metric): {_TIMESTAMP}.",
     )
     plan: ReleasePlan | None = Field(
         default=None, description="The plan of the last change (see docs/plans.md)."

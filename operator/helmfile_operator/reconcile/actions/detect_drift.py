@@ -7,7 +7,7 @@ from helmfile_operator.helm.storage import StorageDecodeError
 from helmfile_operator.kube import AccessDenied, ApiUnreachable
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.drift import DriftCheckError, DriftReport
-from helmfile_operator.reconcile.release_context import ReleaseContext
+from helmfile_operator.reconcile.release_context import ReleaseContext, seconds_since
 
 
 def drift_mode(ctx: ReleaseContext) -> DriftMode:
@@ -42,6 +42,32 @@ def _summary(report: DriftReport) -> str:
 
 
 async def detect_drift(ctx: ReleaseContext) -> None:
+    """One check (and, under `correct`, the correction). `status.lastDriftCheck` is rewritten
+    when the outcome changed, or when it is older than `drift_check_record_seconds` (an hour)."""
+    status = ctx.status
+    outcome = _outcome(ctx)
+    checked_at = conditions.now()
+    result = await _check(ctx)
+    if result is None:
+        return
+    ctx.reconciler.metrics.drift_checks.labels(result).inc()
+    if (
+        _outcome(ctx) != outcome
+        or status.last_drift_check is None
+        or seconds_since(status.last_drift_check)
+        >= ctx.reconciler.settings.drift_check_record_seconds
+    ):
+        status.last_drift_check = checked_at
+
+
+def _outcome(ctx: ReleaseContext) -> tuple[object, ...]:
+    drifted = conditions.find(ctx.status.conditions, conditions.DRIFTED)
+    condition = (drifted.status, drifted.reason, drifted.message) if drifted else None
+    return (condition, ctx.status.drift)
+
+
+async def _check(ctx: ReleaseContext) -> str | None:
+    """The check's result (clean, drifted, failed); None when none ran."""
     mode = drift_mode(ctx)
     checker = ctx.drift_checker
     status = ctx.status
@@ -49,17 +75,16 @@ async def detect_drift(ctx: ReleaseContext) -> None:
         if status.drift is not None or conditions.find(status.conditions, conditions.DRIFTED):
             status.drift = None
             ctx.remove_condition(conditions.DRIFTED)
-        return
+        return None
     try:
         manifest = await _manifest(ctx)
     except (AccessDenied, ApiUnreachable) as error:
         ctx.set_condition(conditions.DRIFTED, "Unknown", "DriftCheckFailed", str(error))
-        return
+        return "failed"
     if manifest is None:
-        return
+        return None
     ignore = ctx.spec.drift_detection.ignore if ctx.spec.drift_detection else []
     namespace = ctx.spec.target_namespace
-    status.last_drift_check = conditions.now()
     try:
         identity = ctx.target_identity
         report = await checker.check(manifest, namespace, ignore, identity)
@@ -78,19 +103,20 @@ async def detect_drift(ctx: ReleaseContext) -> None:
                         "live objects were restored from the release manifest",
                     )
                     ctx.event("Normal", "DriftCorrected", "restored the drifted objects")
-                    return
+                    return "drifted"
                 _record(ctx, report)
-            return
+            return "drifted"
     except DriftCheckError as error:
         ctx.set_condition(conditions.DRIFTED, "Unknown", "DriftCheckFailed", str(error))
         ctx.event("Warning", "DriftCheckFailed", str(error))
-        return
+        return "failed"
     status.drift = None
     drifted = conditions.find(status.conditions, conditions.DRIFTED)
     if drifted is None or drifted.status != "False" or drifted.reason == "DriftCheckFailed":
         ctx.set_condition(
             conditions.DRIFTED, "False", "NoDrift", "live objects match the release manifest"
         )
+    return "clean"
 
 
 def _record(ctx: ReleaseContext, report: DriftReport) -> None:
