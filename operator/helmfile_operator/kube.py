@@ -445,7 +445,7 @@ class Kube:
             )
         except ApiException as error:
             raise self._denied(error, "list", "secrets", namespace) from None
-        items: list[Body] = result["items"]
+        items: list[Body] = result.get("items") or []  # a metadata list of nothing: null
         return items
 
     async def helm_revision(self, namespace: str, release: str, revision: int) -> Body | None:
