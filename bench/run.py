@@ -233,6 +233,15 @@ def header(
         "- versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
         f"- concurrency C = {args.concurrency} helm processes for every contender; "
         f"helm `--wait`: {'yes' if args.wait else 'no'}; spread layout: {args.states} states",
+        f"- large-chart case: {args.large} releases of bench/charts/large (200 ConfigMaps each)"
+        if args.large
+        else "- large-chart case: not run",
+        "- contenders: "
+        + (
+            ", ".join(args.contenders) + " (--contenders)"
+            if args.contenders is not None
+            else f"all; helmfile apply only for N ≤ {HELMFILE_APPLY_MAX_SIZE}"
+        ),
         "- CPU: the process and every helm process it ran (operator: /proc/<pid>/stat "
         "utime+stime+cutime+cstime; raw floor and helmfile: wait4 rusage); peak RSS: the "
         "operator's VmHWM (baselines: the largest of their processes)",
