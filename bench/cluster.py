@@ -327,7 +327,8 @@ class _Server(http.server.ThreadingHTTPServer):
 @dataclass
 class ChartRepo:
     """bench/charts/trivial and bench/charts/large packaged, indexed and served on 127.0.0.1 from
-    a thread of the harness (a separate server process could be stopped by someone else's cleanup mid-run)."""
+    a thread of the harness (a separate server process could be stopped by someone else's
+    cleanup mid-run)."""
 
     directory: Path
     url: str

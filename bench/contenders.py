@@ -35,6 +35,7 @@ from cluster import (
     free_port,
 )
 from watch import RECONCILE_REQUEST, Seen, Watch, resync_handled
+
 # What the operator reads and writes (other clients of the test bed touch leases, nodes, pods).
 OPERATOR_RESOURCES = ("helmfilestates", "helmfilereleases", "secrets", "configmaps", "events")
 # ... and, in drift checks and plans, the objects of the releases' manifests (GET, dry-run apply).

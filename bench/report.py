@@ -86,6 +86,10 @@ def secret_bytes(phase: Phase) -> float:
     return phase.secret_reads.get("LIST bytes", 0.0) + phase.secret_reads.get("GET bytes", 0.0)
 
 
+def _secret_bytes_per_release(phase: Phase) -> float | None:
+    return secret_bytes(phase) / (phase.objects or 1) if phase.secret_reads else None
+
+
 def writes_per_release(phase: Phase) -> float | None:
     """API writes (every client and resource) per release of the phase."""
     if not phase.writes or not phase.objects:
@@ -171,9 +175,7 @@ def noop_table(results: Results) -> list[str]:
             api = median_of(runs, phase, _api_per(size))
             plane = median_of(runs, phase, lambda p: p.control_plane_cpu)
             rss = median_of(runs, phase, lambda p: p.peak_rss_mib)
-            read = median_of(
-                runs, phase, lambda p: secret_bytes(p) / size if p.secret_reads else None
-            )
+            read = median_of(runs, phase, _secret_bytes_per_release)
             lines.append(
                 f"| {size} | {LABELS[contender]} | {len(runs)} | "
                 f"{_fmt(median_of(runs, phase, lambda p: p.wall), 2)} | {_fmt(cpu_ms, 0)} | "
@@ -187,10 +189,11 @@ def noop_table(results: Results) -> list[str]:
 
 def drift_table(results: Results) -> list[str]:
     lines = [
-        "| N | layout | checks | objects | wall s | operator CPU ms / check | control plane "
-        "CPU s | peak RSS MiB | API requests / object: drift check (GET + dry-run apply) | "
-        "all operator requests / object | all operator requests / check | helm processes |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| N | layout | checks | objects | wall s | operator CPU ms / check | ms / object | "
+        "control plane CPU s | peak RSS MiB | API requests / object: drift check (GET + dry-run "
+        "apply) | all operator requests / object | all operator requests / check | "
+        "helm processes |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for size, by in sorted(results.items()):
         for contender in (*OPERATORS, "operator-1-large"):
@@ -203,6 +206,7 @@ def drift_table(results: Results) -> list[str]:
             lines.append(
                 f"| {size} | {ALL_LABELS[contender].removeprefix('operator, ')} | {checks} | "
                 f"{objects} | {phase.wall:.1f} | {phase.cpu * 1000 / checks:.1f} | "
+                f"{phase.cpu * 1000 / objects:.1f} | "
                 f"{_fmt(phase.control_plane_cpu)} | {_fmt(phase.peak_rss_mib, 0)} | "
                 f"{check_requests(phase) / objects:.2f} | "
                 f"{sum(phase.api.values()) / objects:.2f} | "
@@ -462,9 +466,11 @@ def targets(results: Results) -> list[Target]:
 
 
 def _median_phase(
-    by: dict[str, list[dict[str, Phase]]], contender: str, phase: str,
+    by: dict[str, list[dict[str, Phase]]],
+    contender: str,
+    phase: str,
     get: Callable[[Phase], float | None],
-) -> float | None:  # fmt: skip
+) -> float | None:
     return median_of(by.get(contender, []), phase, get)
 
 
@@ -493,7 +499,8 @@ def _converge_targets(results: Results) -> list[Target]:
         if None in (wall, cpu, raw_wall, raw_cpu) or not raw_wall or not raw_cpu:
             out.append(Target(name, None, missing))
         else:
-            assert wall is not None and cpu is not None
+            assert wall is not None
+            assert cpu is not None
             w, c = wall / raw_wall, cpu / raw_cpu
             out.append(
                 Target(
@@ -635,7 +642,7 @@ def _drift_targets(results: Results) -> list[Target]:
             c <= DRIFT_MAX_REQUESTS_PER_OBJECT and ms <= DRIFT_MAX_MS_PER_RELEASE
             for _, _, c, _, ms in rows
         )
-        size, contender, check, every, ms = max(rows, key=lambda r: (r[2], r[4]))
+        size, contender, check, every, _ = max(rows, key=lambda r: (r[2], r[4]))
         worst = max(rows, key=lambda r: r[4])
         out.append(
             Target(
@@ -651,13 +658,13 @@ def _drift_targets(results: Results) -> list[Target]:
 
 def idle_estimate(drift: Phase, idle: Phase) -> tuple[float, str]:
     """Idle operator CPU, in cores, with drift `warn` on IDLE_SIZE releases every
-    IDLE_INTERVAL_SECONDS: the measured CPU per periodic check × IDLE_SIZE / interval + the
+    IDLE_INTERVAL_SECONDS: the measured CPU per periodic check * IDLE_SIZE / interval + the
     measured CPU of the operator with no check due. Returns it and the formula with numbers."""
     per_check = drift.cpu / (drift.objects or 1)
     quiet = idle.cpu / max(idle.wall, 1e-3)
     cores = per_check * IDLE_SIZE / IDLE_INTERVAL_SECONDS + quiet
     return cores, (
-        f"{per_check * 1000:.1f} ms per check × {IDLE_SIZE} / {IDLE_INTERVAL_SECONDS:.0f} s + "
+        f"{per_check * 1000:.1f} ms per check * {IDLE_SIZE} / {IDLE_INTERVAL_SECONDS:.0f} s + "
         f"{idle.cpu * 1000:.0f} ms / {idle.wall:.0f} s idle = "
         f"{per_check * IDLE_SIZE / IDLE_INTERVAL_SECONDS * 100:.2f} % + {quiet * 100:.2f} % = "
         f"{cores * 100:.2f} % of a core"

@@ -7,23 +7,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import measure  # noqa: E402
-import report  # noqa: E402
-import run  # noqa: E402
-from contenders import Phase, check_rounds_target  # noqa: E402
-from watch import Seen, resync_handled  # noqa: E402
+import measure
+import report
+import run
+from contenders import Phase, check_rounds_target
+from watch import Seen, resync_handled
 
-SIZES = """\
-# HELP apiserver_response_sizes [STABLE] Response size distribution in bytes.
-# TYPE apiserver_response_sizes histogram
-apiserver_response_sizes_bucket{component="apiserver",group="",resource="secrets",scope="namespace",subresource="",verb="LIST",version="v1",le="1000"} 3
-apiserver_response_sizes_sum{component="apiserver",group="",resource="secrets",scope="namespace",subresource="",verb="LIST",version="v1"} 3000
-apiserver_response_sizes_count{component="apiserver",group="",resource="secrets",scope="namespace",subresource="",verb="LIST",version="v1"} 3
-apiserver_response_sizes_sum{component="apiserver",group="",resource="secrets",scope="resource",subresource="",verb="GET",version="v1"} 500
-apiserver_response_sizes_count{component="apiserver",group="",resource="secrets",scope="resource",subresource="",verb="GET",version="v1"} 1
-apiserver_response_sizes_sum{component="apiserver",group="",resource="configmaps",scope="namespace",subresource="",verb="LIST",version="v1"} 99999
-apiserver_response_sizes_count{component="apiserver",group="",resource="configmaps",scope="namespace",subresource="",verb="LIST",version="v1"} 9
-"""
+
+def _size(suffix: str, resource: str, verb: str, value: float, scope: str = "namespace") -> str:
+    labels = (
+        f'component="apiserver",group="",resource="{resource}",scope="{scope}",'
+        f'subresource="",verb="{verb}",version="v1"'
+    )
+    return f"apiserver_response_sizes{suffix}{{{labels}}} {value}"
+
+
+SIZES = "\n".join(
+    [
+        "# HELP apiserver_response_sizes [STABLE] Response size distribution in bytes.",
+        "# TYPE apiserver_response_sizes histogram",
+        _size("_sum", "secrets", "LIST", 3000),
+        _size("_count", "secrets", "LIST", 3),
+        _size("_sum", "secrets", "GET", 500, "resource"),
+        _size("_count", "secrets", "GET", 1, "resource"),
+        _size("_sum", "configmaps", "LIST", 99999),
+        _size("_count", "configmaps", "LIST", 9),
+    ]
+)
 
 
 def _grown(text: str, factor: int) -> str:
@@ -130,7 +140,7 @@ def test_idle_estimate_formula() -> None:
     idle = Phase(wall=30, cpu=0.03)  # 0.1 % of a core
     cores, formula = report.idle_estimate(drift, idle)
     assert abs(cores - (0.003 * 1000 / 600 + 0.001)) < 1e-9
-    assert "3.0 ms per check × 1000 / 600 s" in formula
+    assert "3.0 ms per check * 1000 / 600 s" in formula
     assert formula.endswith("0.60 % of a core")
 
 
@@ -193,7 +203,7 @@ def test_scale_verdicts() -> None:
     assert find("no-op resync at N=1000") is True  # 2 ms, 0.9 requests
     assert find("no-op resync at N=100:") is None
     assert find("one periodic drift pass") is True  # 2 requests per object, 2.5 ms
-    # 2.5 ms × 1000 / 600 + 1 % idle: more than 1 % of a core
+    # 2.5 ms * 1000 / 600 + 1 % idle: more than 1 % of a core
     assert find("idle operator", "1 state") is False
     assert find("large chart") is None
 
