@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
+import contenders
 import measure
 import report
 import run
@@ -226,3 +227,32 @@ def test_large_chart_storage_verdict() -> None:
 
     assert verdict(50 * 1500) is True
     assert verdict(50 * 130_000) is False
+
+
+class _CountingOperator:
+    """What `_wait_checks` uses of contenders.Operator: scrape(), here a counter that grows by
+    3 clean checks per scrape."""
+
+    def __init__(self) -> None:
+        self.scrapes = 0
+
+    def scrape(self) -> str:
+        self.scrapes += 1
+        return (
+            "# HELP helmfile_operator_drift_checks_total Drift checks.\n"
+            "# TYPE helmfile_operator_drift_checks_total counter\n"
+            f'helmfile_operator_drift_checks_total{{result="clean"}} {3.0 * self.scrapes}\n'
+        )
+
+
+def test_a_drift_round_ends_when_the_counter_grew_by_n() -> None:
+    operator = _CountingOperator()
+    _, counts, scrapes = contenders._wait_checks(
+        operator,  # type: ignore[arg-type]
+        target=10,
+        timeout=5,
+        poll=0,
+        what="a round",
+    )
+    assert counts == {"clean": 12.0}
+    assert scrapes == 4
