@@ -267,10 +267,14 @@ def drift_breakdown(results: Results) -> list[str]:
                 phase = runs[0]["drift"]
                 parts = ", ".join(f"{k}: {int(v)}" for k, v in sorted(phase.api.items()))
                 outcome = ", ".join(f"{k} {v:.0f}" for k, v in sorted(phase.drift_results.items()))
+                if outcome:  # counted by helmfile_operator_drift_checks_total
+                    outcome = (
+                        f": {outcome}; {phase.scrapes} scrapes of the operator's /metrics in "
+                        "the window"
+                    )
                 return [
                     f"Requests of one periodic drift pass ({LABELS[contender]}, N={size}, "
-                    f"{phase.objects} checks{': ' + outcome if outcome else ''}; "
-                    f"{phase.scrapes} scrapes of the operator's /metrics in the window): {parts}."
+                    f"{phase.objects} checks{outcome}): {parts}."
                 ]
     return []
 
