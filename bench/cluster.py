@@ -29,12 +29,30 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = REPO_ROOT / "bench"
-CHART_DIR = BENCH_DIR / "charts" / "trivial"
-CHART_NAME = "trivial"
-CHART_VERSION = "0.1.0"
-# The resources (plurals) of the objects bench/charts/trivial renders: one ConfigMap.
+# The resources (plurals) of the objects the benchmark's charts render: ConfigMaps only.
 CHART_RESOURCES = ("configmaps",)
 GROUP_PATH = "/apis/helmfile.dev/v1alpha1"
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A chart of bench/charts/, packaged into the harness's chart repository."""
+
+    name: str
+    version: str
+    objects: int  # objects (ConfigMaps) one release renders
+
+    @property
+    def directory(self) -> Path:
+        return BENCH_DIR / "charts" / self.name
+
+
+# One ConfigMap per release: the overhead around helm.
+TRIVIAL = Chart("trivial", "0.1.0", objects=1)
+# 200 ConfigMaps, a manifest of ≈ 1.6 MiB (a storage Secret of ≈ 0.1 MiB): the cost of a release's
+# size (bench/charts/large/values.yaml).
+LARGE = Chart("large", "0.1.0", objects=200)
+CHARTS = (TRIVIAL, LARGE)
 
 
 class BenchError(RuntimeError):
@@ -308,8 +326,9 @@ class _Server(http.server.ThreadingHTTPServer):
 
 @dataclass
 class ChartRepo:
-    """bench/charts/trivial packaged, indexed and served on 127.0.0.1 from a thread of the
-    harness (a separate server process could be stopped by someone else's cleanup mid-run)."""
+    """bench/charts/trivial and bench/charts/large packaged, indexed and served on 127.0.0.1 from
+    a thread of the harness (a separate server process could be stopped by someone else's
+    cleanup mid-run)."""
 
     directory: Path
     url: str
@@ -319,12 +338,13 @@ class ChartRepo:
 def chart_repo(helm: Path, parent: Path) -> Iterator[ChartRepo]:
     directory = Path(tempfile.mkdtemp(prefix="chart-repo-", dir=parent))
     env = {**os.environ, "HELM_CACHE_HOME": str(directory / ".cache")}
-    subprocess.run(
-        [str(helm), "package", str(CHART_DIR), "--destination", str(directory)],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    for chart in CHARTS:
+        subprocess.run(
+            [str(helm), "package", str(chart.directory), "--destination", str(directory)],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     shutil.rmtree(directory / ".cache", ignore_errors=True)
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = _Server(("127.0.0.1", 0), handler)

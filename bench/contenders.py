@@ -22,21 +22,20 @@ import measure
 import yaml
 from cluster import (
     BENCH_DIR,
-    CHART_NAME,
     CHART_RESOURCES,
-    CHART_VERSION,
     GROUP_PATH,
     REPO_ROOT,
+    TRIVIAL,
     Api,
     Baselines,
     Bed,
     BenchError,
+    Chart,
     ChartRepo,
     free_port,
 )
-from watch import Seen, Watch
+from watch import RECONCILE_REQUEST, Seen, Watch, resync_handled
 
-RECONCILE_REQUEST = "helmfile.dev/reconcile-requested-at"
 # What the operator reads and writes (other clients of the test bed touch leases, nodes, pods).
 OPERATOR_RESOURCES = ("helmfilestates", "helmfilereleases", "secrets", "configmaps", "events")
 # ... and, in drift checks and plans, the objects of the releases' manifests (GET, dry-run apply).
@@ -65,6 +64,20 @@ class Phase:
     # CPU seconds of the control plane (etcd, API server, controllers, kwok) meanwhile: the
     # API work the contender causes shares the same cores.
     control_plane_cpu: float | None = None
+    # API writes (POST, PUT, PATCH, APPLY, DELETE; not dry runs) of every client and resource in
+    # the window, by "VERB resource[/subresource]" (convergence).
+    writes: dict[str, float] = field(default_factory=dict)
+    # The API server's GET and LIST responses of Secrets in the window: "LIST bytes", "LIST
+    # count", "GET bytes", "GET count" (apiserver_response_sizes).
+    secret_reads: dict[str, float] = field(default_factory=dict)
+    # Bytes of one full Helm storage Secret (the JSON of a GET by name), for comparison.
+    storage_secret_bytes: float | None = None
+    # VmRSS of the fresh operator once idle, before any state exists (convergence).
+    idle_rss_mib: float | None = None
+    # drift: helmfile_operator_drift_checks_total's growth by result, and the scrapes of the
+    # operator's /metrics the harness made in the window to see it
+    drift_results: dict[str, float] = field(default_factory=dict)
+    scrapes: int = 0
 
 
 class Others:
@@ -152,9 +165,23 @@ def _wait4(process: subprocess.Popen[bytes]) -> tuple[int, float, float]:
     return process.returncode, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def _api_delta(api: Api, before: dict[tuple[str, ...], float]) -> dict[str, float]:
-    after = measure.apiserver_requests(api.metrics())
-    changed = measure.delta(after, before)
+class ApiWindow:
+    """The API server's metrics over a window: the requests `_counted` keeps, every write, and
+    the bytes of Secret reads."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        self.before = api.metrics()
+
+    def close(self) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+        after = self.api.metrics()
+        changed = measure.delta(
+            measure.apiserver_requests(after), measure.apiserver_requests(self.before)
+        )
+        return _counted(changed), measure.writes(changed), measure.secret_reads(after, self.before)
+
+
+def _counted(changed: dict[tuple[str, ...], float]) -> dict[str, float]:
     out: dict[str, float] = {}
     for (verb, kind, subresource, dry_run), count in sorted(changed.items()):
         if kind not in COUNTED_RESOURCES or verb == "WATCH":
@@ -167,17 +194,19 @@ def _api_delta(api: Api, before: dict[tuple[str, ...], float]) -> dict[str, floa
 # --- the raw floor ------------------------------------------------------------------------------
 
 
-def upgrade_argv(ctx: Context, name: str, namespace: str, values: Path) -> list[str]:
+def upgrade_argv(
+    ctx: Context, name: str, namespace: str, values: Path, chart: Chart = TRIVIAL
+) -> list[str]:
     """What the operator runs for a release (helm/client.py: upgrade_argv), flag for flag."""
     wait = ["--wait=watcher"] if ctx.wait else []
     return [
-        "upgrade", "--install", f"--namespace={namespace}", f"--version={CHART_VERSION}",
+        "upgrade", "--install", f"--namespace={namespace}", f"--version={chart.version}",
         f"--repo={ctx.repo.url}", f"--values={values}", "--create-namespace", *wait,
-        "--timeout=300s", "--history-max=10", "--output=json", "--", name, CHART_NAME,
+        "--timeout=300s", "--history-max=10", "--output=json", "--", name, chart.name,
     ]  # fmt: skip
 
 
-def run_raw(ctx: Context, size: int, label: str) -> dict[str, Phase]:
+def run_raw(ctx: Context, size: int, label: str, chart: Chart = TRIVIAL) -> dict[str, Phase]:
     namespace = "bench-raw"
     directory = ctx.workdir / label
     (directory / "values").mkdir(parents=True)
@@ -185,7 +214,7 @@ def run_raw(ctx: Context, size: int, label: str) -> dict[str, Phase]:
     for index in range(size):
         values = directory / "values" / f"{index}.json"
         values.write_text(json.dumps({"index": index}))
-        commands.append(upgrade_argv(ctx, release_name(index), namespace, values))
+        commands.append(upgrade_argv(ctx, release_name(index), namespace, values, chart))
     plan = directory / "plan.json"
     plan.write_text(
         json.dumps({"helm": str(ctx.helm), "concurrency": ctx.concurrency, "commands": commands})
@@ -193,6 +222,7 @@ def run_raw(ctx: Context, size: int, label: str) -> dict[str, Phase]:
     ctx.api.create_namespace(namespace)
     env = {**ctx.bed.env(), **ctx.helm_homes(directory)}
     try:
+        window = ApiWindow(ctx.api)
         started = time.monotonic()
         others = Others(ctx)
         process = subprocess.Popen(
@@ -201,6 +231,8 @@ def run_raw(ctx: Context, size: int, label: str) -> dict[str, Phase]:
         code, cpu, rss = _wait4(process)
         wall = time.monotonic() - started
         busy = others.cores(cpu)
+        control_plane = others.control_plane()
+        api, writes, _ = window.close()
         if code != 0:
             raise BenchError(f"the raw floor failed (exit {code})")
     finally:
@@ -213,7 +245,9 @@ def run_raw(ctx: Context, size: int, label: str) -> dict[str, Phase]:
             peak_rss_mib=rss,
             objects=size,
             others_cores=busy,
-            control_plane_cpu=others.control_plane(),
+            control_plane_cpu=control_plane,
+            api=api,
+            writes=writes,
         )
     }
 
@@ -239,8 +273,8 @@ def helmfile_yaml(ctx: Context, size: int, namespace: str) -> str:
             {
                 "name": release_name(index),
                 "namespace": namespace,
-                "chart": f"bench/{CHART_NAME}",
-                "version": CHART_VERSION,
+                "chart": f"bench/{TRIVIAL.name}",
+                "version": TRIVIAL.version,
                 "values": [{"index": index}],
             }
             for index in range(size)
@@ -273,19 +307,23 @@ def _helmfile(ctx: Context, directory: Path, command: str, size: int, phase: str
         "--helm-binary", str(shim), "--no-color", command, "--concurrency", str(ctx.concurrency),
     ]  # fmt: skip
     with (directory / f"{phase}.log").open("wb") as output:
+        window = ApiWindow(ctx.api)
         started = time.monotonic()
         others = Others(ctx)
         process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
         code, cpu, rss = _wait4(process)
         wall = time.monotonic() - started
         busy = others.cores(cpu)
+        control_plane = others.control_plane()
+        api, writes, reads = window.close()
     if code != 0:
         tail = (directory / f"{phase}.log").read_text(errors="replace")[-1500:]
         raise BenchError(f"helmfile {command} failed (exit {code}):\n{tail}")
     commands = Counter(log.read_text().split()) if log.exists() else Counter()
     return Phase(
         wall=wall, cpu=cpu, helm=dict(commands), peak_rss_mib=rss, objects=size,
-        others_cores=busy, control_plane_cpu=others.control_plane(),
+        others_cores=busy, control_plane_cpu=control_plane, api=api, writes=writes,
+        secret_reads=reads,
     )  # fmt: skip
 
 
@@ -428,6 +466,7 @@ def state_manifest(
     extra_spec: dict[str, Any] | None = None,
     values: Callable[[int], list[dict[str, Any]]] = release_values,
     shard: str | None = None,
+    chart: Chart = TRIVIAL,
 ) -> dict[str, Any]:
     metadata: dict[str, Any] = {"name": "bench", "namespace": namespace}
     if shard is not None:
@@ -447,8 +486,8 @@ def state_manifest(
             "releases": [
                 {
                     "name": release_name(index),
-                    "chart": f"bench/{CHART_NAME}",
-                    "version": CHART_VERSION,
+                    "chart": f"bench/{chart.name}",
+                    "version": chart.version,
                     "values": values(index),
                 }
                 for index in indices
@@ -469,17 +508,38 @@ def _helm_phase(before: str, after: str) -> tuple[dict[str, int], int]:
     return dict(commands), errors
 
 
-def drift_interval(size: int) -> int:
+def drift_interval(size: int, chart: Chart = TRIVIAL) -> int:
     """Seconds between drift checks in the drift phase: short, but longer than one pass over
-    all releases takes, so that the measured window holds one check per release."""
-    return max(20, size // 10)
+    all releases takes (≈ 5 ms per object checked on 2 cores, with margin), so that the measured
+    window holds one check per release and the operator is idle before and after it. (50
+    releases of the large chart: 125 s; one round of their 10,000 objects took ≈ 1/3 of that.)"""
+    return max(20, size // 10, size * chart.objects // 80)
+
+
+def storage_secret_bytes(ctx: Context, namespace: str, release: str) -> float | None:
+    """Bytes of the JSON of a GET of the release's first Helm storage Secret."""
+    status, data = ctx.api.request(
+        "GET", f"/api/v1/namespaces/{namespace}/secrets/sh.helm.release.v1.{release}.v1"
+    )
+    return float(len(data)) if status == 200 else None
 
 
 def run_operator(
-    ctx: Context, size: int, states: int, label: str, *, drift: bool
+    ctx: Context,
+    size: int,
+    states: int,
+    label: str,
+    *,
+    drift: bool,
+    plan: bool = True,
+    idle: float = 0.0,
+    chart: Chart = TRIVIAL,
 ) -> dict[str, Phase]:
+    """Convergence, a forced resync; with `idle`, that many seconds of the idle operator; with
+    `drift`, drift checks enabled and one periodic pass; with `plan`, the plan phase."""
     groups = split(size, states)
-    namespaces = [f"bench-op{len(groups)}-{k}" for k in range(len(groups))]
+    prefix = "bench-op" if chart == TRIVIAL else f"bench-{chart.name}"
+    namespaces = [f"{prefix}{len(groups)}-{k}" for k in range(len(groups))]
     nsset = set(namespaces)
     directory = ctx.workdir / label
     directory.mkdir(parents=True)
@@ -489,7 +549,10 @@ def run_operator(
     manifest = {
         "apiVersion": "v1",
         "kind": "List",
-        "items": [state_manifest(ctx, ns, idx) for ns, idx in zip(namespaces, groups, strict=True)],
+        "items": [
+            state_manifest(ctx, ns, idx, chart=chart)
+            for ns, idx in zip(namespaces, groups, strict=True)
+        ],
     }
     (directory / "states.json").write_text(json.dumps(manifest))
     expected = {ns: len(idx) for ns, idx in zip(namespaces, groups, strict=True)}
@@ -500,6 +563,7 @@ def run_operator(
         operator.start()
         metrics_before = operator.scrape()
         cpu_before = ctx.quiet(operator.pid)
+        idle_rss = measure.proc_memory(operator.pid).get("VmRSS")
 
         # 1. convergence: kubectl apply → every state Ready with all its releases.
         def converged() -> bool:
@@ -510,6 +574,7 @@ def run_operator(
             return True
 
         with operator.profiled("converge"):
+            window = ApiWindow(ctx.api)
             started = time.monotonic()
             others = Others(ctx, operator.pid)
             ctx.bed.kubectl("apply", "--server-side", "-f", str(directory / "states.json"))
@@ -517,6 +582,7 @@ def run_operator(
             busy = others.cores()
             control_plane = others.control_plane()
             cpu_after = ctx.quiet(operator.pid)
+            api, writes, _ = window.close()
         memory = measure.proc_memory(operator.pid)
         metrics_after = operator.scrape()
         helm, errors = _helm_phase(metrics_before, metrics_after)
@@ -524,57 +590,123 @@ def run_operator(
         phases["converge"] = Phase(
             wall=done - started, cpu=used.total, cpu_own=used.own, helm=helm, helm_errors=errors,
             peak_rss_mib=memory.get("VmHWM"), objects=size, others_cores=busy,
-            control_plane_cpu=control_plane,
+            control_plane_cpu=control_plane, api=api, writes=writes, idle_rss_mib=idle_rss,
         )  # fmt: skip
 
-        # 2. a forced resync of the unchanged states: no helm upgrade expected.
+        # 2. a forced resync of the unchanged states: no helm upgrade expected. Complete when
+        # every state's status.lastHandledReconcileAt is the request (watch.resync_handled).
         requested = f"bench-{time.time_ns()}"
 
-        def releases() -> list[Seen]:
-            return watch.in_namespaces(watch.releases, nsset)
-
         def handled() -> bool:
-            seen = releases()
-            return len(seen) == size and all(s.reconcile_handled == requested for s in seen)
+            return resync_handled(
+                watch.in_namespaces(watch.states, nsset),
+                watch.in_namespaces(watch.releases, nsset),
+                requested,
+                len(namespaces),
+            )
 
         cpu_before = ctx.quiet(operator.pid)
-        api_before = measure.apiserver_requests(ctx.api.metrics())
         with operator.profiled("resync"):
+            window = ApiWindow(ctx.api)
             started = time.monotonic()
+            others = Others(ctx, operator.pid)
             for ns in namespaces:
                 ctx.api.merge_patch(
                     f"{GROUP_PATH}/namespaces/{ns}/helmfilestates/bench",
                     {"metadata": {"annotations": {RECONCILE_REQUEST: requested}}},
                 )
             done = watch.wait(handled, ctx.timeout, f"{label}: reconcile request handled")
+            control_plane = others.control_plane()
             cpu_after = ctx.quiet(operator.pid)
-        api = _api_delta(ctx.api, api_before)
+            api, writes, reads = window.close()
         metrics_resync = operator.scrape()
         helm, errors = _helm_phase(metrics_after, metrics_resync)
         used = cpu_after - cpu_before
         phases["resync"] = Phase(
             wall=done - started, cpu=used.total, cpu_own=used.own, helm=helm, helm_errors=errors,
             peak_rss_mib=measure.proc_memory(operator.pid).get("VmHWM"), api=api, objects=size,
+            manifest_objects=size * chart.objects, control_plane_cpu=control_plane,
+            writes=writes, secret_reads=reads,
+            storage_secret_bytes=storage_secret_bytes(ctx, namespaces[0], release_name(0)),
         )  # fmt: skip
 
-        # 3. drift detection (warn) on a short interval: one periodic pass of checks.
-        if drift:
-            phases.update(_drift(ctx, operator, namespaces, size, metrics_resync))
+        # 3. the idle operator: nothing changes, no check is due (drift is not enabled yet).
+        if idle > 0:
+            phases["idle"] = _idle(ctx, operator, size, idle)
 
-        # 4. a change of every release under manual approval: a plan each, no upgrade.
-        phases["plan"] = _plan(ctx, operator, namespaces, groups, label, drift=drift)
+        # 4. drift detection (warn) on a short interval: one periodic pass of checks.
+        if drift:
+            phases.update(_drift(ctx, operator, namespaces, size, metrics_resync, chart))
+
+        # 5. a change of every release under manual approval: a plan each, no upgrade.
+        if plan:
+            phases["plan"] = _plan(ctx, operator, namespaces, groups, label, drift=drift)
     finally:
         operator.stop()
         ctx.api.delete_namespaces(namespaces)
     return phases
 
 
+def _idle(ctx: Context, operator: Operator, size: int, seconds: float) -> Phase:
+    """`seconds` of the quiet operator holding `size` releases: its CPU, API requests and RSS."""
+    cpu_before = ctx.quiet(operator.pid)
+    window = ApiWindow(ctx.api)
+    others = Others(ctx, operator.pid)
+    started = time.monotonic()
+    time.sleep(seconds)
+    cpu_after = measure.proc_cpu(operator.pid)
+    wall = time.monotonic() - started
+    control_plane = others.control_plane()
+    api, writes, reads = window.close()
+    used = cpu_after - cpu_before
+    memory = measure.proc_memory(operator.pid)
+    return Phase(
+        wall=wall, cpu=used.total, cpu_own=used.own, peak_rss_mib=memory.get("VmRSS"), api=api,
+        objects=size, control_plane_cpu=control_plane, writes=writes, secret_reads=reads,
+    )  # fmt: skip
+
+
+def check_rounds_target(before: dict[str, float] | None, releases: int) -> float | None:
+    """The value of helmfile_operator_drift_checks_total (all results) at which one more round of
+    drift checks is complete: every release checked once more; None without the counter."""
+    if before is None:
+        return None
+    return sum(before.values()) + releases
+
+
+def _wait_checks(
+    operator: Operator, target: float, timeout: float, poll: float, what: str
+) -> tuple[float, dict[str, float], int]:
+    """Scrape the operator's drift-check counter every `poll` seconds until it reaches `target`:
+    time.monotonic() then, the counter by result, the number of scrapes."""
+    deadline = time.monotonic() + timeout
+    scrapes = 0
+    while True:
+        counts = measure.drift_checks(operator.scrape()) or {}
+        scrapes += 1
+        if sum(counts.values()) >= target:
+            return time.monotonic(), counts, scrapes
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(poll)
+
+
 def _drift(
-    ctx: Context, operator: Operator, namespaces: list[str], size: int, metrics_before: str
+    ctx: Context,
+    operator: Operator,
+    namespaces: list[str],
+    size: int,
+    metrics_before: str,
+    chart: Chart = TRIVIAL,
 ) -> dict[str, Phase]:
+    """Drift detection enabled (first round of checks), then one periodic round measured. A
+    round is complete when helmfile_operator_drift_checks_total has grown by `size` (one
+    increment per check of a release); an operator without that counter is followed through
+    each HelmfileRelease's `status.lastDriftCheck` instead."""
     watch = ctx.watch
     nsset = set(namespaces)
-    interval = drift_interval(size)
+    interval = drift_interval(size, chart)
+    counter = measure.drift_checks(metrics_before)
 
     def releases() -> list[Seen]:
         return watch.in_namespaces(watch.releases, nsset)
@@ -586,24 +718,34 @@ def _drift(
         )
 
     cpu_before = ctx.quiet(operator.pid)
-    api_before = measure.apiserver_requests(ctx.api.metrics())
+    window = ApiWindow(ctx.api)
     started = time.monotonic()
     for ns in namespaces:
         ctx.api.merge_patch(
             f"{GROUP_PATH}/namespaces/{ns}/helmfilestates/bench",
             {"spec": {"driftDetection": {"mode": "warn"}, "interval": f"{interval}s"}},
         )
-    done = watch.wait(first_checked, ctx.timeout, "drift detection enabled and checked")
+    target = check_rounds_target(counter, size)
+    results: dict[str, float] = {}
+    if target is None:
+        done = watch.wait(first_checked, ctx.timeout, "drift detection enabled and checked")
+    else:
+        done, results, _ = _wait_checks(
+            operator, target, ctx.timeout, 0.5, "drift detection enabled and checked"
+        )
+    first_round = done
     cpu_after = ctx.quiet(operator.pid)
-    api = _api_delta(ctx.api, api_before)
+    api, _, _ = window.close()
     used = cpu_after - cpu_before
-    enable = Phase(wall=done - started, cpu=used.total, cpu_own=used.own, api=api, objects=size)
+    enable = Phase(
+        wall=done - started, cpu=used.total, cpu_own=used.own, api=api, objects=size,
+        manifest_objects=size * chart.objects,
+        drift_results={k: v - (counter or {}).get(k, 0.0) for k, v in results.items()},
+    )  # fmt: skip
 
-    # The periodic pass: from now until every release was checked once more.
+    # The periodic round: from now until every release was checked once more.
     with watch.changed:
         checked = {(s.namespace, s.name): s.drift_checked for s in releases()}
-    cpu_before = ctx.quiet(operator.pid)
-    api_before = measure.apiserver_requests(ctx.api.metrics())
 
     def rechecked() -> bool:
         seen = releases()
@@ -611,17 +753,40 @@ def _drift(
             s.drift_checked != checked.get((s.namespace, s.name)) for s in seen
         )
 
+    cpu_before = ctx.quiet(operator.pid)
+    counted = measure.drift_checks(operator.scrape()) if target is not None else None
+    window = ApiWindow(ctx.api)
+    others = Others(ctx, operator.pid)
+    scrapes = 0
     with operator.profiled("drift"):
         started = time.monotonic()
-        done = watch.wait(rechecked, interval * 3 + ctx.timeout / 10, "a periodic drift pass")
+        target = check_rounds_target(counted, size)
+        if target is None:
+            done = watch.wait(rechecked, interval * 3 + ctx.timeout / 10, "a periodic drift pass")
+        else:
+            # Each scrape costs the operator a little CPU: none until the round is about due
+            # (each release is checked `interval` after its previous check), then a few.
+            time.sleep(max(0.0, first_round + 0.9 * interval - time.monotonic()))
+            done, results, scrapes = _wait_checks(
+                operator, target, interval * 3 + ctx.timeout / 10, max(0.5, interval / 50),
+                "a periodic drift pass",
+            )  # fmt: skip
+        control_plane = others.control_plane()
         cpu_after = ctx.quiet(operator.pid)
-    api = _api_delta(ctx.api, api_before)
+        api, _, reads = window.close()
     helm, errors = _helm_phase(metrics_before, operator.scrape())
     used = cpu_after - cpu_before
-    checks = int(api.get("APPLY configmaps (dry run)", 0)) or size
+    if counted is not None:
+        grown = {k: v - counted.get(k, 0.0) for k, v in results.items()}
+        checks = int(sum(grown.values()))
+    else:
+        grown = {}
+        checks = int(api.get("APPLY configmaps (dry run)", 0)) // chart.objects or size
     periodic = Phase(
         wall=done - started, cpu=used.total, cpu_own=used.own, helm=helm, helm_errors=errors,
-        api=api, objects=checks,
+        peak_rss_mib=measure.proc_memory(operator.pid).get("VmHWM"), api=api, objects=checks,
+        manifest_objects=checks * chart.objects, control_plane_cpu=control_plane,
+        secret_reads=reads, drift_results=grown, scrapes=scrapes,
     )  # fmt: skip
     return {"drift-enable": enable, "drift": periodic}
 
@@ -662,7 +827,7 @@ def _plan(
 
     metrics_before = operator.scrape()
     cpu_before = ctx.quiet(operator.pid)
-    api_before = measure.apiserver_requests(ctx.api.metrics())
+    window = ApiWindow(ctx.api)
     with operator.profiled("plan"):
         started = time.monotonic()
         others = Others(ctx, operator.pid)
@@ -683,7 +848,7 @@ def _plan(
         busy = others.cores()
         control_plane = others.control_plane()
         cpu_after = ctx.quiet(operator.pid)
-    api = _api_delta(ctx.api, api_before)
+        api, writes, _ = window.close()
     helm, errors = _helm_phase(metrics_before, operator.scrape())
     with watch.changed:
         seen = releases()
@@ -694,7 +859,7 @@ def _plan(
         wall=done - started, cpu=used.total, cpu_own=used.own, helm=helm, helm_errors=errors,
         peak_rss_mib=measure.proc_memory(operator.pid).get("VmHWM"), api=api, objects=size,
         manifest_objects=manifest_objects, updated_objects=updated, others_cores=busy,
-        control_plane_cpu=control_plane,
+        control_plane_cpu=control_plane, writes=writes,
     )  # fmt: skip
 
 
@@ -737,12 +902,14 @@ def run_sharded(ctx: Context, size: int, states: int, shards: int, label: str) -
                     return False
             return True
 
+        window = ApiWindow(ctx.api)
         started = time.monotonic()
         others = Others(ctx)
         ctx.bed.kubectl("apply", "--server-side", "-f", str(directory / "states.json"))
         done = watch.wait(converged, ctx.timeout, f"{label}: states Ready")
         control_plane = others.control_plane()
         cpu_after = [ctx.quiet(operator.pid) for operator in operators.values()]
+        api, writes, _ = window.close()
         used = [after - before_ for after, before_ in zip(cpu_after, cpu_before, strict=True)]
         cpu = sum(u.total for u in used)
         busy = others.cores(contender_cpu=cpu)
@@ -764,6 +931,8 @@ def run_sharded(ctx: Context, size: int, states: int, shards: int, label: str) -
                 objects=size,
                 others_cores=busy,
                 control_plane_cpu=control_plane,
+                api=api,
+                writes=writes,
             )
         }
     finally:

@@ -144,3 +144,67 @@ def apiserver_requests(metrics_text: str) -> dict[tuple[str, ...], float]:
         "apiserver_request_total",
         ("verb", "resource", "subresource", "dry_run"),
     )
+
+
+# Verbs of apiserver_request_total that change something (dry runs excluded by the caller).
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
+
+
+def writes(changed: dict[tuple[str, ...], float]) -> dict[str, float]:
+    """The writes of an `apiserver_requests` delta, every resource, by "VERB resource[/sub]"
+    (dry runs are not writes)."""
+    out: dict[str, float] = {}
+    for (verb, kind, subresource, dry_run), count in sorted(changed.items()):
+        if verb not in WRITE_VERBS or dry_run or not count:
+            continue
+        what = f"{verb} {kind}" + (f"/{subresource}" if subresource else "")
+        out[what] = out.get(what, 0.0) + count
+    return out
+
+
+def response_sizes(metrics_text: str, resource: str) -> dict[tuple[str, ...], float]:
+    """apiserver_response_sizes (a histogram of the bytes of GET and LIST responses) of one
+    resource: its `_sum` and `_count` by (verb, "bytes" | "count")."""
+    samples = parse_prometheus(metrics_text)
+    out: dict[tuple[str, ...], float] = {}
+    for suffix, what in (("_sum", "bytes"), ("_count", "count")):
+        found = counter_by(
+            samples,
+            "apiserver_response_sizes" + suffix,
+            ("verb",),
+            lambda labels: labels.get("resource") == resource and not labels.get("subresource"),
+        )
+        for (verb,), value in found.items():
+            out[(verb, what)] = value
+    return out
+
+
+def secret_reads(after_text: str, before_text: str) -> dict[str, float]:
+    """Bytes and number of the API server's GET and LIST responses of Secrets between two scrapes:
+    {"LIST bytes": …, "LIST count": …, "GET bytes": …, "GET count": …} (zeros included)."""
+    changed = delta(response_sizes(after_text, "secrets"), response_sizes(before_text, "secrets"))
+    return {
+        f"{verb} {what}": changed.get((verb, what), 0.0)
+        for verb in ("LIST", "GET")
+        for what in ("bytes", "count")
+    }
+
+
+DRIFT_CHECKS = "helmfile_operator_drift_checks_total"
+
+
+def drift_checks(metrics_text: str) -> dict[str, float] | None:
+    """The operator's helmfile_operator_drift_checks_total by result (clean, drifted, failed);
+    None when the operator does not export the counter at all (an operator from before it). A
+    labelled counter has no samples before its first increment: its HELP/TYPE lines tell that
+    it exists."""
+    family = DRIFT_CHECKS.removesuffix("_total")
+    exported = any(
+        line.startswith(("# HELP ", "# TYPE ")) and line.split()[2] in (family, DRIFT_CHECKS)
+        for line in metrics_text.splitlines()
+        if line.startswith("#") and len(line.split()) > 2
+    )
+    found = counter_by(parse_prometheus(metrics_text), DRIFT_CHECKS, ("result",))
+    if not exported and not found:
+        return None
+    return {result: value for (result,), value in found.items()}

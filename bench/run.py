@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """`make bench`: the operator against the raw floor and helmfile, on a private test bed.
 
-    .venv/bin/python bench/run.py [--sizes 10,100,300] [--repeat R] [--concurrency 8] ...
+    .venv/bin/python bench/run.py [--sizes 10,100,300] [--repeat R] [--large 50] ...
 
 For every size N: N trivial releases (one ConfigMap each, bench/charts/trivial) installed from
 absent by
   - the raw floor: `helm upgrade --install` per release, C at a time (bench/raw_floor.py);
-  - helmfile sync, and helmfile apply (then a second, no-op apply);
+  - helmfile sync, and helmfile apply (then a second, no-op apply; by default only for N ≤ 300:
+    it costs twice a sync and is no target);
   - the operator with all releases in one HelmfileState, and spread across 10 states; then a
-    forced resync of the unchanged states, one periodic pass of drift checks, and a change of
-    every release under `approval: {mode: manual}` (a plan each, no upgrade).
+    forced resync of the unchanged states, the idle operator for 30 s, one periodic pass of
+    drift checks, and a change of every release under `approval: {mode: manual}` (a plan each,
+    no upgrade).
+Then the large-chart case: 50 releases of bench/charts/large (200 ConfigMaps, a ≈ 1.6 MiB
+manifest each) by the raw floor and by the operator (one state): convergence, a forced resync
+and a periodic drift pass.
 Between runs every namespace is deleted, so each run starts from absent. Results go to stdout,
 to a JSON file and to the generated section of docs/benchmarks.md.
 """
@@ -34,6 +39,7 @@ from typing import Any
 
 import report
 from cluster import (
+    LARGE,
     REPO_ROOT,
     Api,
     Baselines,
@@ -51,6 +57,18 @@ from watch import Watch
 DEFAULT_SIZES = (10, 100, 300)
 MAX_SIZE = 1000
 CONTENDERS = tuple(report.LABELS)
+# Above this N, `helmfile apply` runs only when --contenders names it.
+HELMFILE_APPLY_MAX_SIZE = 300
+DEFAULT_LARGE = 50
+DEFAULT_IDLE_SECONDS = 30.0
+
+
+def contenders_for(size: int, chosen: list[str] | None) -> list[str]:
+    """The contenders of one size: those of --contenders, or all but `helmfile apply` above
+    HELMFILE_APPLY_MAX_SIZE."""
+    if chosen is not None:
+        return chosen
+    return [c for c in CONTENDERS if not (c == "helmfile-apply" and size > HELMFILE_APPLY_MAX_SIZE)]
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -74,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sizes", type=parse_sizes, default=list(DEFAULT_SIZES),
-        help=f"release counts, comma-separated, up to {MAX_SIZE} (default: 10,100,300)",
+        help=f"release counts, comma-separated, up to {MAX_SIZE} (default: 10,100,300); at "
+        "N=1000: one state of 1000 releases and 10 states of 100; `--sizes 100,1000` takes "
+        "about 70 min on 2 cores",
     )  # fmt: skip
     parser.add_argument(
         "--repeat", type=int, default=None,
@@ -92,12 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="helm --wait for every contender (default: no wait; a ConfigMap is ready at once)",
     )  # fmt: skip
     parser.add_argument(
-        "--contenders", type=parse_contenders, default=list(CONTENDERS),
-        help=f"comma-separated subset of {','.join(CONTENDERS)}",
+        "--contenders", type=parse_contenders, default=None,
+        help=f"comma-separated subset of {','.join(CONTENDERS)} (default: all, but helmfile-apply "
+        f"only for N ≤ {HELMFILE_APPLY_MAX_SIZE}: above, it costs twice a sync and would stretch "
+        "`--sizes 100,1000` well past an hour on 2 cores; name it here to run it anyway)",
     )  # fmt: skip
     parser.add_argument(
         "--no-drift", action="store_true", help="skip the drift-check phase of the operator"
     )
+    parser.add_argument(
+        "--large", type=int, default=DEFAULT_LARGE, metavar="N",
+        help="releases of the large-chart case (bench/charts/large: 200 ConfigMaps, a ≈ 1.6 MiB "
+        f"manifest each; raw floor and operator, 1 state); 0 = skip it (default: {DEFAULT_LARGE})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle-seconds", type=float, default=DEFAULT_IDLE_SECONDS,
+        help="the window in which the idle operator's CPU is measured, after the resync of each "
+        f"run with drift checks; 0 = skip (default: {DEFAULT_IDLE_SECONDS:.0f})",
+    )  # fmt: skip
     parser.add_argument(
         "--testbed-dir", type=Path, default=cache_dir() / "bench-testbed",
         help="state of the benchmark's own control plane (destroyed at the end)",
@@ -201,6 +233,15 @@ def header(
         "- versions: " + ", ".join(f"{k} {v}" for k, v in found.items()),
         f"- concurrency C = {args.concurrency} helm processes for every contender; "
         f"helm `--wait`: {'yes' if args.wait else 'no'}; spread layout: {args.states} states",
+        f"- large-chart case: {args.large} releases of bench/charts/large (200 ConfigMaps each)"
+        if args.large
+        else "- large-chart case: not run",
+        "- contenders: "
+        + (
+            ", ".join(args.contenders) + " (--contenders)"
+            if args.contenders is not None
+            else f"all; helmfile apply only for N ≤ {HELMFILE_APPLY_MAX_SIZE}"
+        ),
         "- CPU: the process and every helm process it ran (operator: /proc/<pid>/stat "
         "utime+stime+cutime+cstime; raw floor and helmfile: wait4 rusage); peak RSS: the "
         "operator's VmHWM (baselines: the largest of their processes)",
@@ -214,6 +255,16 @@ def print_phase(label: str, name: str, phase: Phase) -> None:
         rss += f", other work {phase.others_cores:.2f} cores"
     if phase.control_plane_cpu is not None:
         rss += f", control plane CPU {phase.control_plane_cpu:.1f}s"
+    if phase.api:
+        rss += f", API requests {sum(phase.api.values()):.0f}"
+    if phase.writes:
+        rss += f", API writes {sum(phase.writes.values()):.0f}"
+    if phase.secret_reads:
+        rss += f", Secret bytes read {report.secret_bytes(phase):.0f}"
+    if phase.drift_results:
+        rss += ", drift checks " + ", ".join(
+            f"{k} {v:.0f}" for k, v in sorted(phase.drift_results.items())
+        )
     helm = ", ".join(f"{k} {v}" for k, v in sorted(phase.helm.items()))
     print(
         f"    {label:<22} {name:<13} wall {phase.wall:7.2f}s  CPU {phase.cpu:7.2f}s{extra}{rss}"
@@ -242,7 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"bench: work directory {workdir}", flush=True)
     bins = testbin_dir()
-    needs_helmfile = any(c.startswith("helmfile") for c in args.contenders)
+    needs_helmfile = any(
+        c.startswith("helmfile")
+        for size in args.sizes
+        for c in contenders_for(size, args.contenders)
+    )
     baselines = baseline_binaries() if needs_helmfile else None
     found = versions(bins, baselines)
     print("bench: " + ", ".join(f"{k} {v}" for k, v in found.items()), flush=True)
@@ -267,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                 by: dict[str, list[dict[str, Phase]]] = results.setdefault(size, {})
                 for rep in range(runs):
                     print(f"bench: N={size}, run {rep + 1}/{runs}", flush=True)
-                    for contender in args.contenders:
+                    for contender in contenders_for(size, args.contenders):
                         label = f"n{size}-r{rep + 1}-{contender}"
                         if contender == "raw":
                             phases = run_raw(ctx, size, label)
@@ -278,11 +333,15 @@ def main(argv: list[str] | None = None) -> int:
                         else:
                             states = 1 if contender == "operator-1" else args.states
                             drift = rep == 0 and not args.no_drift
-                            phases = run_operator(ctx, size, states, label, drift=drift)
+                            idle = args.idle_seconds if drift else 0.0
+                            phases = run_operator(ctx, size, states, label, drift=drift, idle=idle)
                         by.setdefault(contender, []).append(phases)
                         for name, phase in phases.items():
                             print_phase(report.LABELS[contender], name, phase)
                         save(workdir / "results.json", results)
+            if args.large > 0:
+                run_large(ctx, args.large, not args.no_drift, results)
+                save(workdir / "results.json", results)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)
         return 1
@@ -299,6 +358,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: wrote {args.docs}")
     print(f"bench: raw results in {workdir / 'results.json'}")
     return 0
+
+
+def run_large(ctx: Context, size: int, drift: bool, results: report.Results) -> None:
+    """The large-chart case: the raw floor's convergence, then the operator (one state):
+    convergence, forced resync, and (unless --no-drift) one periodic drift pass."""
+    print(f"bench: large chart, N={size}", flush=True)
+    by = results.setdefault(size, {})
+    for contender in report.LARGE_LABELS:
+        label = f"large{size}-{contender}"
+        if contender == "raw-large":
+            phases = run_raw(ctx, size, label, chart=LARGE)
+        else:
+            phases = run_operator(ctx, size, 1, label, drift=drift, plan=False, chart=LARGE)
+        by.setdefault(contender, []).append(phases)
+        for name, phase in phases.items():
+            print_phase(report.LARGE_LABELS[contender], name, phase)
 
 
 def save(path: Path, results: report.Results) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from cluster import GROUP_PATH, Api, BenchError
 
+RECONCILE_REQUEST = "helmfile.dev/reconcile-requested-at"
+
 
 @dataclass(frozen=True)
 class Seen:
@@ -36,6 +38,9 @@ class Seen:
     plan_id: str | None = None
     plan_objects: int = 0
     plan_updates: int = 0
+    # the `helmfile.dev/reconcile-requested-at` annotation (an operator from before the states
+    # answered forced resyncs themselves copied it onto every HelmfileRelease)
+    reconcile_requested: str | None = None
 
     @classmethod
     def of(cls, body: dict[str, Any]) -> Seen:
@@ -58,6 +63,7 @@ class Seen:
             plan_id=plan.get("id"),
             plan_objects=sum(counts.get(k, 0) for k in ("create", "update", "unchanged")),
             plan_updates=counts.get("update", 0),
+            reconcile_requested=(metadata.get("annotations") or {}).get(RECONCILE_REQUEST),
         )
 
     @property
@@ -66,6 +72,23 @@ class Seen:
 
 
 Objects = dict[tuple[str, str], Seen]
+
+
+def resync_handled(
+    states: list[Seen], releases: list[Seen], requested: str, expected_states: int
+) -> bool:
+    """Whether a forced resync (`reconcile-requested-at=<requested>` on each state) is complete:
+    every HelmfileState's `status.lastHandledReconcileAt` equals it — a state writes it once all
+    its releases ran a pass for the request. (An operator from before that copied the annotation
+    onto every HelmfileRelease, each release recorded its own `lastHandledReconcileAt`, and the
+    state recorded the request at once: when any release carries the request, all of them must
+    carry and have handled it.)"""
+    if len(states) < expected_states or any(s.reconcile_handled != requested for s in states):
+        return False
+    copied = [r for r in releases if r.reconcile_requested == requested]
+    if not copied:
+        return True
+    return len(copied) == len(releases) and all(r.reconcile_handled == requested for r in copied)
 
 
 class Watch:
