@@ -338,12 +338,14 @@ class ReleaseContext:
         if self.requeue_after is None or seconds < self.requeue_after:
             self.requeue_after = max(seconds, 0.0)
 
-    async def starting(self, reason: str, message: str) -> None:
+    async def starting(self, reason: str, message: str, *, event: bool = True) -> None:
         """Before a helm command that may take minutes: Reconciling=True with `reason`
-        (Installing, Upgrading, RollingBack, Uninstalling), Ready=Unknown, an Event — written
-        now, so that the status does not show the previous Ready while helm waits."""
+        (Installing, Upgrading, RollingBack, Uninstalling), Ready=Unknown, and an Event unless
+        `event` is False — written now, so that the status does not show the previous Ready
+        while helm waits."""
         self.reconciling(reason, message)
-        self.event("Normal", reason, message)
+        if event:
+            self.event("Normal", reason, message)
         await self.flush()
 
     async def flush(self) -> None:

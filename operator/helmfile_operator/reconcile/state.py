@@ -257,6 +257,8 @@ def child_body(
             "namespace": key.namespace,
             "labels": labels,
             "annotations": annotations,
+            # Set at creation, so that the release's first pass has no finalizer to write.
+            "finalizers": [FINALIZER],
             "ownerReferences": [
                 {
                     "apiVersion": API_VERSION,

@@ -81,7 +81,9 @@ async def apply(ctx: ReleaseContext, verb: Verb) -> None:
         revision_before=before,
         chart_version=chart.version,
     )
-    await ctx.starting(PROGRESSING[verb], f"{PROGRESSING[verb].lower()} {target}")
+    # No Event for the start of a routine install or upgrade: the status shows it while helm
+    # runs, and its outcome's Event follows (one Event per release installed, not two).
+    await ctx.starting(PROGRESSING[verb], f"{PROGRESSING[verb].lower()} {target}", event=False)
     started = time.monotonic()
     try:
         skip_crds = await prepare_crds(ctx, verb, chart, credentials, ca_pem)
