@@ -1163,3 +1163,15 @@ async def test_clean_drift_checks_write_the_status_only_when_the_outcome_changes
     await reconcile(world)
     assert [w.verb for w in world.kube.writes[writes:]] == ["patch_status"]
     assert status(world)["lastDriftCheck"] == "2031-01-01T00:00:00Z"
+
+
+async def test_a_first_install_writes_the_status_twice(world: World) -> None:
+    """Before helm (in progress, the plan) and after it (the result, the plan applied): no
+    finalizer write when the object came with it (a state's releases do), no third write."""
+    body = release_body()
+    body["metadata"]["finalizers"] = [FINALIZER]
+    world.kube.create(RELEASES, body)
+    await reconcile(world)
+    await reconcile(world)
+    assert [w.verb for w in world.kube.writes] == ["patch_status", "patch_status"]
+    assert status(world)["plan"]["phase"] == "Applied"

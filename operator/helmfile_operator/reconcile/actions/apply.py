@@ -135,6 +135,9 @@ def record_success(
     status.failures = 0
     _record_history(ctx, result.revision, result.chart_version, "deployed")
     _record_inventory(ctx, result)
+    plan = status.plan
+    if plan is not None and plan.id == ctx.plan_id:
+        plan.phase = "Applied"  # in the same write as the result
     message = (
         f"{PAST[verb]} revision {result.revision} of {result.chart_name} {result.chart_version}"
     )
