@@ -170,36 +170,17 @@ class Kube:
         accept: str = JSON,
     ) -> Any:
         """One request (in a worker thread): the parsed JSON answer, or ApiException."""
-        headers = {"Accept": accept}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        if query:
-            path = f"{path}?{urllib.parse.urlencode(query)}"
-        method, url, headers, body, _ = self.api_client.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+        return send_json(
+            self.api_client,
+            method,
+            path,
+            query=query,
+            body=body,
+            content_type=content_type,
+            timeout=timeout,
+            accept=accept,
+            remote=self.cluster is not None,
         )
-        try:
-            response = self.api_client.call_api(
-                method, url, header_params=headers, body=body, _request_timeout=timeout
-            )
-        except urllib3.exceptions.HTTPError as error:  # never with a body: no data to leak
-            host = self.api_client.configuration.host
-            raise ApiUnreachable(f"{host} unreachable: {_cause(error)}") from None
-        except ValueError:  # http.client's "invalid header value" quotes the header
-            host = self.api_client.configuration.host
-            raise ApiUnreachable(f"{host}: the request could not be sent") from None
-        data: bytes = response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status < 300:
-            if self.cluster is not None and response.status in (401, 403):
-                # A remote server's answer is not ours to log: the status code says enough.
-                raise ApiException(status=response.status, reason=response.reason)
-            text = data.decode("utf-8", "replace") if data else None
-            raise ApiException.from_response(http_resp=response, body=text, data=None)
-        try:
-            return json.loads(data) if data else None
-        except ValueError:
-            host = self.api_client.configuration.host
-            raise ApiUnreachable(f"{host} answered with something that is not JSON") from None
 
     async def _request(
         self,
@@ -454,6 +435,51 @@ class Kube:
 
 
 _CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+def send_json(
+    api_client: ApiClient,
+    method: str,
+    path: str,
+    *,
+    query: dict[str, str] | None = None,
+    body: Any = None,
+    content_type: str = JSON,
+    timeout: tuple[float, float] = REQUEST_TIMEOUT,
+    accept: str = JSON,
+    headers: dict[str, str] | None = None,
+    remote: bool = False,
+) -> Any:
+    """One request through the client's `ApiClient` (its TLS, auth, token refresh) and nothing
+    of its generated models: the parsed JSON answer, ApiException for an error status, or
+    ApiUnreachable. `remote`: a remote server's 401/403 body is not kept (not ours to log)."""
+    headers = {**(headers or {}), "Accept": accept}
+    if body is not None:
+        headers["Content-Type"] = content_type
+    if query:
+        path = f"{path}?{urllib.parse.urlencode(query)}"
+    method, url, headers, body, _ = api_client.param_serialize(
+        method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
+    )
+    host = api_client.configuration.host
+    try:
+        response = api_client.call_api(
+            method, url, header_params=headers, body=body, _request_timeout=timeout
+        )
+    except urllib3.exceptions.HTTPError as error:  # never with a body: no data to leak
+        raise ApiUnreachable(f"{host} unreachable: {_cause(error)}") from None
+    except ValueError:  # http.client's "invalid header value" quotes the header
+        raise ApiUnreachable(f"{host}: the request could not be sent") from None
+    data: bytes = response.read()  # type: ignore[no-untyped-call]
+    if not 200 <= response.status < 300:
+        if remote and response.status in (401, 403):
+            raise ApiException(status=response.status, reason=response.reason)
+        text = data.decode("utf-8", "replace") if data else None
+        raise ApiException.from_response(http_resp=response, body=text, data=None)
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        raise ApiUnreachable(f"{host} answered with something that is not JSON") from None
 
 
 def describe(error: Exception) -> str:

@@ -1,5 +1,5 @@
 """The per-object comparison a plan makes: what it asks the API server, and what it concludes.
-The dynamic client is replaced by a recorder (pure logic; the real dry runs are exercised by
+The API is replaced by a recorder (pure logic; the real dry runs are exercised by
 tests/integration/test_plans.py)."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from kubernetes.client.configuration import Configuration
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.client.exceptions import ApiException
 
+from helmfile_operator.reconcile import drift as drift_module
 from helmfile_operator.reconcile.drift import HELM_FIELD_MANAGER, DriftChecker
 
 MANIFEST = """
@@ -32,56 +33,48 @@ spec: {ports: [{port: 80}]}
 """
 
 
-class _Answer:
-    def __init__(self, body: dict[str, Any]) -> None:
-        self.body = body
-
-    def to_dict(self) -> dict[str, Any]:
-        return copy.deepcopy(self.body)
-
-
 class _Resource:
     namespaced = True
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def path(self, name: str | None = None, namespace: str | None = None) -> str:
+        return f"/{self.kind}/{namespace}/{name}"
 
 
 class _Resources:
     def get(self, api_version: str, kind: str) -> _Resource:
-        return _Resource()
+        return _Resource(kind)
 
 
-class RecordingDynamic:
-    """Live objects by (kind, name); records every request."""
+class RecordingApi:
+    """Live objects by (kind, name); answers the checker's requests (`send_json`) and records
+    every one. Stands in for the dynamic client too (discovery: `resources`)."""
 
     def __init__(self, live: dict[tuple[str, str], dict[str, Any]]) -> None:
         self.live = live
         self.requests: list[tuple[str, str, dict[str, Any]]] = []
         self.resources = _Resources()
-        self._kind = ""
+        self.client = None
 
-    def get(self, resource: Any, name: str, namespace: str | None, **kwargs: Any) -> _Answer:
-        self.requests.append(("GET", name, kwargs))
-        for (kind, object_name), body in self.live.items():
-            if object_name == name and kind == self._kind:
-                return _Answer(body)
-        raise NotFoundError(_NotFound())
-
-    def server_side_apply(self, resource: Any, body: dict[str, Any], **kwargs: Any) -> _Answer:
-        self.requests.append(("APPLY", body["metadata"]["name"], {**kwargs, "body": body}))
-        live = self.live[(body["kind"], body["metadata"]["name"])]
+    def send(self, api_client: Any, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        _, kind, _, name = path.split("/")
+        verb = "GET" if method == "GET" else "APPLY"
+        self.requests.append((verb, name, kwargs))
+        live = self.live.get((kind, name))
+        if method == "GET":
+            if live is None:
+                raise ApiException(status=404, reason="Not Found")
+            return copy.deepcopy(live)
+        assert live is not None
         merged = copy.deepcopy(live)
-        for key, value in body.items():
+        for key, value in kwargs["body"].items():
             if isinstance(value, dict) and isinstance(merged.get(key), dict):
                 merged[key] = {**merged[key], **value}
             else:
                 merged[key] = value
-        return _Answer(merged)
-
-
-class _NotFound:
-    status = 404
-    reason = "Not Found"
-    body = ""
-    headers = None
+        return merged
 
 
 # What helm puts on every object it applies (the live objects carry them).
@@ -92,7 +85,7 @@ HELM_MARKS = {
 
 
 @pytest.fixture
-def checker() -> tuple[DriftChecker, RecordingDynamic]:
+def checker(monkeypatch: pytest.MonkeyPatch) -> tuple[DriftChecker, RecordingApi]:
     live = {
         ("Deployment", "web"): {
             "apiVersion": "apps/v1",
@@ -107,21 +100,15 @@ def checker() -> tuple[DriftChecker, RecordingDynamic]:
             "data": {"message": "hello"},
         },
     }
-    dynamic = RecordingDynamic(live)
+    api = RecordingApi(live)
+    monkeypatch.setattr(drift_module, "send_json", api.send)
     drift = DriftChecker(Configuration())
-    original_compare = drift._compare
-
-    def compare(dyn: Any, obj: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        dynamic._kind = obj["kind"]  # which kind the next GET is for
-        return original_compare(dyn, obj, *args, **kwargs)
-
-    drift._compare = compare  # type: ignore[method-assign]
-    drift._dynamic = dynamic
-    return drift, dynamic
+    drift._dynamic = api
+    return drift, api
 
 
 def test_two_requests_per_existing_object_one_per_missing_one(
-    checker: tuple[DriftChecker, RecordingDynamic],
+    checker: tuple[DriftChecker, RecordingApi],
 ) -> None:
     drift, dynamic = checker
     found = asyncio.run(drift.compare(MANIFEST, "web", "apps"))
@@ -137,7 +124,7 @@ def test_two_requests_per_existing_object_one_per_missing_one(
 
 
 def test_the_dry_run_applies_as_helm_with_its_ownership_marks(
-    checker: tuple[DriftChecker, RecordingDynamic],
+    checker: tuple[DriftChecker, RecordingApi],
 ) -> None:
     drift, dynamic = checker
     asyncio.run(drift.compare(MANIFEST, "web", "apps"))
@@ -145,8 +132,8 @@ def test_the_dry_run_applies_as_helm_with_its_ownership_marks(
     applies = [kwargs for verb, _, kwargs in dynamic.requests if verb == "APPLY"]
     assert applies
     for kwargs in applies:
-        assert kwargs["dry_run"] == "All"
-        assert kwargs["field_manager"] == HELM_FIELD_MANAGER
+        assert kwargs["query"]["dryRun"] == "All"
+        assert kwargs["query"]["fieldManager"] == HELM_FIELD_MANAGER
         metadata = kwargs["body"]["metadata"]
         assert metadata["namespace"] == "apps"
         assert metadata["annotations"]["meta.helm.sh/release-name"] == "web"
@@ -155,7 +142,7 @@ def test_the_dry_run_applies_as_helm_with_its_ownership_marks(
 
 
 def test_every_identity_shares_one_client_and_names_itself_on_each_request(
-    checker: tuple[DriftChecker, RecordingDynamic],
+    checker: tuple[DriftChecker, RecordingApi],
 ) -> None:
     drift, dynamic = checker
     tenant = "system:serviceaccount:apps:deployer"
@@ -164,7 +151,7 @@ def test_every_identity_shares_one_client_and_names_itself_on_each_request(
     assert drift._dynamic is dynamic, "one client (one discovery) for both identities"
     half = len(dynamic.requests) // 2
     assert all(
-        kwargs["header_params"] == {"Impersonate-User": tenant}
+        kwargs["headers"] == {"Impersonate-User": tenant}
         for _, _, kwargs in dynamic.requests[:half]
     )
-    assert all(kwargs["header_params"] == {} for _, _, kwargs in dynamic.requests[half:])
+    assert all(kwargs["headers"] == {} for _, _, kwargs in dynamic.requests[half:])

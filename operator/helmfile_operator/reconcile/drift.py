@@ -26,11 +26,11 @@ from kubernetes.client.api_client import ApiClient
 from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ResourceNotFoundError
 
 from helmfile_operator import goyaml
 from helmfile_operator.api.models import DriftedObject, DriftIgnoreRule
-from helmfile_operator.kube import REQUEST_TIMEOUT
+from helmfile_operator.kube import APPLY_PATCH, REQUEST_TIMEOUT, ApiUnreachable, send_json
 
 DRIFT_OPT_OUT = "helmfile.dev/drift-detection"  # "disabled" on a live object: never drift
 FIELD_MANAGER = "helmfile-operator-drift"
@@ -151,14 +151,47 @@ def relevant_paths(
 
 @dataclass(frozen=True)
 class _Client:
-    """The shared dynamic client, acting as one identity (None: the client's own)."""
+    """The shared dynamic client (for discovery), acting as one identity (None: the client's
+    own). Objects are read and applied as plain JSON (`send_json`): the dynamic client's
+    `ResourceInstance` wrapping of every answer was most of a check's CPU."""
 
     dynamic: Any
     impersonate: str | None
 
-    def headers(self) -> dict[str, str]:
-        """Fresh per request: the dynamic client adds Accept and Content-Type to the dict."""
-        return {"Impersonate-User": self.impersonate} if self.impersonate else {}
+    def get(self, resource: Any, name: str, namespace: str | None) -> dict[str, Any] | None:
+        """The live object (None: not found)."""
+        try:
+            live: dict[str, Any] = self._send("GET", resource.path(name=name, namespace=namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return live
+
+    def apply(
+        self,
+        resource: Any,
+        body: dict[str, Any],
+        namespace: str | None,
+        field_manager: str,
+        *,
+        dry_run: bool,
+    ) -> dict[str, Any]:
+        """Server-side apply (forcing conflicts); `dry_run`: what it would make of the object."""
+        query = {"fieldManager": field_manager, "force": "true"}
+        if dry_run:
+            query["dryRun"] = "All"
+        path = resource.path(name=body["metadata"]["name"], namespace=namespace)
+        applied: dict[str, Any] = self._send(
+            "PATCH", path, query=query, body=body, content_type=APPLY_PATCH
+        )
+        return applied
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> Any:
+        headers = {"Impersonate-User": self.impersonate} if self.impersonate else {}
+        return send_json(
+            self.dynamic.client, method, path, headers=headers, timeout=TIMEOUT, **kwargs
+        )
 
 
 class DriftChecker:
@@ -201,7 +234,7 @@ class DriftChecker:
         failure (DriftCheckError), like a refused request."""
         try:
             return await asyncio.to_thread(function, *args)
-        except urllib3.exceptions.HTTPError:
+        except (urllib3.exceptions.HTTPError, ApiUnreachable):
             raise DriftCheckError(
                 f"drift check: the API server {self._configuration.host} did not answer"
             ) from None
@@ -259,32 +292,23 @@ class DriftChecker:
         )
         name = obj["metadata"]["name"]
         try:
-            live = client.dynamic.get(
-                resource,
-                name=name,
-                namespace=object_namespace,
-                header_params=client.headers(),
-                _request_timeout=TIMEOUT,
-            ).to_dict()
-        except NotFoundError:
-            return Comparison(obj, object_namespace, missing=True)
+            live = client.get(resource, name, object_namespace)
         except ApiException as error:
             raise _check_error(error, obj, object_namespace) from None
+        if live is None:
+            return Comparison(obj, object_namespace, missing=True)
         annotations = (live.get("metadata") or {}).get("annotations") or {}
         if honour_opt_out and annotations.get(DRIFT_OPT_OUT) == "disabled":
             return Comparison(obj, object_namespace, opted_out=True)
         body = _with_namespace(obj, object_namespace)
         try:
-            desired = client.dynamic.server_side_apply(
+            desired = client.apply(
                 resource,
-                body=_helm_owned(body, owner, namespace) if owner else body,
-                namespace=object_namespace,
-                field_manager=field_manager,
-                force_conflicts=True,
-                dry_run="All",
-                header_params=client.headers(),
-                _request_timeout=TIMEOUT,
-            ).to_dict()
+                _helm_owned(body, owner, namespace) if owner else body,
+                object_namespace,
+                field_manager,
+                dry_run=True,
+            )
         except ApiException as error:
             raise _check_error(error, obj, object_namespace) from None
         paths = relevant_paths(diff_paths(live, desired), live, object_namespace, ignore)
@@ -329,14 +353,12 @@ class DriftChecker:
             try:
                 # Applied as helm's field manager, with the ownership marks helm adds itself:
                 # the fields return to helm, and its next upgrade sees no conflict.
-                client.dynamic.server_side_apply(
+                client.apply(
                     resource,
-                    body=_helm_owned(_with_namespace(obj, object_namespace), release, namespace),
-                    namespace=object_namespace,
-                    field_manager="helm",
-                    force_conflicts=True,
-                    header_params=client.headers(),
-                    _request_timeout=TIMEOUT,
+                    _helm_owned(_with_namespace(obj, object_namespace), release, namespace),
+                    object_namespace,
+                    "helm",
+                    dry_run=False,
                 )
             except ApiException as error:
                 raise _check_error(error, obj, object_namespace) from None
