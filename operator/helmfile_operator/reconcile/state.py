@@ -532,34 +532,35 @@ def _summarise(
     not_ready = []
     stalled = []
     for child in children:
-        child_status = HelmfileReleaseStatus.model_validate(child.get("status") or {})
+        # The few fields a summary shows, read from the body as is: a state of 1000 releases
+        # would otherwise build 1000 full status models on every pass.
+        child_status = child.get("status") or {}
+        found = {c.get("type"): c for c in child_status.get("conditions") or []}
         ready = conditions.body_is_ready(child)
-        ready_condition = conditions.find(child_status.conditions, conditions.READY)
-        drifted = conditions.find(child_status.conditions, conditions.DRIFTED)
+        drifted = found.get(conditions.DRIFTED) or {}
         spec = child.get("spec") or {}
         summaries.append(
             ReleaseSummary(
                 name=spec.get("releaseName", child["metadata"]["name"]),
                 namespace=spec.get("targetNamespace", ""),
                 ready=ready,
-                revision=child_status.revision,
-                chart_version=child_status.chart_version,
-                drifted=bool(drifted and drifted.status == "True"),
-                message=ready_condition.message if ready_condition else "",
-                cluster=child_status.cluster.name if child_status.cluster else None,
+                revision=child_status.get("revision"),
+                chart_version=child_status.get("chartVersion"),
+                drifted=drifted.get("status") == "True",
+                message=str((found.get(conditions.READY) or {}).get("message") or ""),
+                cluster=(child_status.get("cluster") or {}).get("name"),
             )
         )
         if not spec.get("installed", True):
             counts.disabled += 1
         if ready:
             counts.ready += 1
-        elif conditions.find(child_status.conditions, conditions.STALLED):
+        elif conditions.STALLED in found:
             counts.failed += 1
             stalled.append(child["metadata"]["name"])
         else:
             counts.pending += 1
-            reconciling = conditions.find(child_status.conditions, conditions.RECONCILING)
-            running = reconciling.reason if reconciling else ""
+            running = str((found.get(conditions.RECONCILING) or {}).get("reason") or "")
             name = child["metadata"]["name"]
             not_ready.append(f"{name} ({running})" if running in HELM_IN_PROGRESS else name)
     status.releases = summaries
