@@ -17,11 +17,11 @@ from helmfile_operator.api.models import (
     API_VERSION,
     ApprovalMode,
     DeletionPolicy,
-    HelmfileReleaseStatus,
     HelmfileStateSpec,
     HelmfileStateStatus,
     ReleaseCounts,
     ReleaseSummary,
+    RolloutHold,
     StatePlan,
     describe_validation_error,
 )
@@ -402,17 +402,20 @@ async def _roll_out(
 
 
 def _rollout_child(child: dict[str, Any]) -> RolloutChild:
-    child_status = HelmfileReleaseStatus.model_validate(child.get("status") or {})
+    child_status = child.get("status") or {}  # the fields it needs, not a full status model
     spec = child.get("spec") or {}
-    current = child_status.observed_generation == child["metadata"].get("generation")
-    hold = child_status.rollout_hold
+    current = child_status.get("observedGeneration") == child["metadata"].get("generation")
+    hold = child_status.get("rolloutHold")
+    stalled = any(
+        c.get("type") == conditions.STALLED for c in child_status.get("conditions") or []
+    )
     return RolloutChild(
         name=child["metadata"]["name"],
         release_id=f"{spec.get('targetNamespace')}/{spec.get('releaseName')}",
-        revision=child_status.revision,
+        revision=child_status.get("revision"),
         ready=conditions.body_is_ready(child),
-        failed=current and conditions.find(child_status.conditions, conditions.STALLED) is not None,
-        rolled_back_to=hold.rolled_back_to if hold is not None else None,
+        failed=current and stalled,
+        rolled_back_to=RolloutHold.model_validate(hold).rolled_back_to if hold else None,
     )
 
 
