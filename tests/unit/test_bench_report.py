@@ -256,3 +256,20 @@ def test_a_drift_round_ends_when_the_counter_grew_by_n() -> None:
     )
     assert counts == {"clean": 12.0}
     assert scrapes == 4
+
+
+def test_no_op_requests_split_the_releases_passes_from_the_states() -> None:
+    resync = Phase(
+        wall=1,
+        cpu=0.1,
+        objects=1000,
+        api={
+            "LIST secrets": 1000,  # one metadata list per release
+            "GET helmfilestates": 2,
+            "LIST helmfilereleases": 2,
+            "PATCH helmfilestates": 1,  # the harness's annotation
+            "PATCH helmfilestates/status": 1,
+        },
+    )
+    assert report.release_requests(resync) == 1000
+    assert report.state_requests(resync) == 6
