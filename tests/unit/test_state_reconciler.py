@@ -575,3 +575,23 @@ async def test_a_state_of_another_shard_is_not_rendered(world: World) -> None:
     await reconcile(world)
     assert children(world) == []
     assert world.kube.writes == []
+
+
+async def test_a_release_leaving_the_state_does_not_hold_up_its_request(
+    world: World,
+) -> None:
+    world.kube.create(STATES, state_body())
+    await reconcile(world)
+    await drain(world)
+    requested = "2031-01-01T00:00:00Z"
+    world.kube.annotate(STATES, NAMESPACE, STATE, **{RECONCILE_REQUEST: requested})
+    await reconcile(world)
+    await drain(world)
+    await reconcile_release(
+        world.reconciler, ObjectKey("HelmfileRelease", NAMESPACE, f"{STATE}-db")
+    )
+    world.kube.update_spec(STATES, NAMESPACE, STATE, releases=[DB])  # api leaves, unhandled
+    await reconcile(world)  # deletes it
+    assert (child(world, "api") or {})["metadata"].get("deletionTimestamp")
+    await reconcile(world)
+    assert state(world)["status"]["lastHandledReconcileAt"] == requested

@@ -268,6 +268,7 @@ class Controller:
         key = _key("HelmfileState", body)
         if event_type == "DELETED":
             self.signatures.pop(key, None)
+            self.reconciler.requests.forget(key.namespace, key.name)
             self.queue.remove(key)
             self.metrics.forget_state(key.namespace, key.name)
             return

@@ -252,6 +252,12 @@ class ForwardedRequests:
         entry = self._pending.get((namespace, state))
         return entry is not None and entry[0] == requested and not entry[1]
 
+    def retain(self, namespace: str, state: str, releases: Iterable[str]) -> None:
+        """Only these releases are left to wait for (the others are gone or going)."""
+        entry = self._pending.get((namespace, state))
+        if entry is not None:
+            entry[1].intersection_update(releases)
+
     def of_release(self, namespace: str, state: str | None, release: str) -> str | None:
         """The request this release has yet to handle, if any."""
         entry = self._pending.get((namespace, state)) if state else None

@@ -127,13 +127,14 @@ def _forward_reconcile_request(
     if not requested or requested == status.last_handled_reconcile_at:
         return
     requests = reconciler.requests
+    names = [c["metadata"]["name"] for c in children if not c["metadata"].get("deletionTimestamp")]
+    requests.retain(key.namespace, key.name, names)  # a release that went meanwhile: no wait
     if requests.all_handled(key.namespace, key.name, requested):
         status.last_handled_reconcile_at = requested
         requests.forget(key.namespace, key.name)
         return
     if requests.forwarded(key.namespace, key.name, requested):
         return  # still running
-    names = [c["metadata"]["name"] for c in children if not c["metadata"].get("deletionTimestamp")]
     if not names:
         status.last_handled_reconcile_at = requested
         return
@@ -406,9 +407,7 @@ def _rollout_child(child: dict[str, Any]) -> RolloutChild:
     spec = child.get("spec") or {}
     current = child_status.get("observedGeneration") == child["metadata"].get("generation")
     hold = child_status.get("rolloutHold")
-    stalled = any(
-        c.get("type") == conditions.STALLED for c in child_status.get("conditions") or []
-    )
+    stalled = any(c.get("type") == conditions.STALLED for c in child_status.get("conditions") or [])
     return RolloutChild(
         name=child["metadata"]["name"],
         release_id=f"{spec.get('targetNamespace')}/{spec.get('releaseName')}",
