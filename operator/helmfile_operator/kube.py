@@ -24,6 +24,7 @@ from kubernetes.client.configuration import Configuration
 from kubernetes.client.exceptions import ApiException
 
 from helmfile_operator.api.models import GROUP, VERSION
+from helmfile_operator.helm.storage import label_selector as storage_selector
 from helmfile_operator.helm.storage import secret_name as storage_secret_name
 
 FIELD_MANAGER = "helmfile-operator"
@@ -159,29 +160,6 @@ class Kube:
 
     # --- requests ---------------------------------------------------------------------------
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        query: dict[str, str] | None,
-        body: Any,
-        content_type: str,
-        timeout: tuple[float, float] = REQUEST_TIMEOUT,
-        accept: str = JSON,
-    ) -> Any:
-        """One request (in a worker thread): the parsed JSON answer, or ApiException."""
-        return send_json(
-            self.api_client,
-            method,
-            path,
-            query=query,
-            body=body,
-            content_type=content_type,
-            timeout=timeout,
-            accept=accept,
-            remote=self.cluster is not None,
-        )
-
     async def _request(
         self,
         method: str,
@@ -194,8 +172,18 @@ class Kube:
         executor: concurrent.futures.Executor | None = None,
         accept: str = JSON,
     ) -> Any:
+        """One request, in a worker thread: the parsed JSON answer, or ApiException."""
         call = functools.partial(
-            self._send, method, path, query, body, content_type, request_timeout, accept
+            send_json,
+            self.api_client,
+            method,
+            path,
+            query=query,
+            body=body,
+            content_type=content_type,
+            timeout=request_timeout,
+            accept=accept,
+            remote=self.cluster is not None,
         )
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
@@ -421,7 +409,7 @@ class Kube:
             result = await self._request(
                 "GET",
                 self._core("secrets", namespace),
-                query={"labelSelector": f"owner=helm,name={release}"},
+                query={"labelSelector": storage_selector(release)},
                 accept=METADATA_LIST,
             )
         except ApiException as error:

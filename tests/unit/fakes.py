@@ -351,7 +351,7 @@ class FakeKube(FakeLeases):
         ]
 
     async def helm_revision(self, namespace: str, release: str, revision: int) -> Body | None:
-        name = f"sh.helm.release.v1.{release}.v{revision}"
+        name = secret_name(release, revision)
         self.storage_data_reads.append(name)
         return await self.get_secret(namespace, name)
 

@@ -25,6 +25,7 @@ from helmfile_operator.kube import RELEASES, Kube, merge_patch_between
 from helmfile_operator.reconcile import conditions
 from helmfile_operator.reconcile.context import (
     APPROVE,
+    ManifestVersion,
     ObjectKey,
     Reconciler,
     ReleaseTarget,
@@ -306,15 +307,15 @@ class ReleaseContext:
             kubeconfig=self.kubeconfig,
         )
 
-    async def read_stored_release(self, revision: int | None = None) -> ReleaseInfo | None:
-        """A revision in Helm's storage (None: the head, from the labels of every revision),
-        decoded (manifest included), read as the tenant: one Secret's data, no other. Raises
-        StorageDecodeError when it is not a Helm release."""
-        if revision is None:
-            storage = await self.read_storage()
-            if storage is None:
-                return None
-            revision = storage.revision
+    def manifest_version(self, revision: int) -> ManifestVersion:
+        """Which deployed manifest `revision` is, in the manifest cache: revision numbers repeat
+        across clusters, so the remote connection's digest is part of it."""
+        return (self.cluster.digest if self.cluster is not None else "", revision)
+
+    async def read_stored_release(self, revision: int) -> ReleaseInfo | None:
+        """One revision in Helm's storage, decoded (manifest included), read as the tenant: that
+        revision's Secret alone (None: gone). Raises StorageDecodeError when it is not a Helm
+        release."""
         secret = await self.target_kube.helm_revision(
             self.spec.target_namespace, self.spec.release_name, revision
         )

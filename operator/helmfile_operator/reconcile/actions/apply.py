@@ -193,8 +193,9 @@ def _record_inventory(ctx: ReleaseContext, result: ReleaseInfo) -> None:
     cached. Best effort: a manifest that cannot be parsed costs the inventory, never helm's
     result, which is recorded with it."""
     if drift_mode(ctx) is not DriftMode.DISABLED:
-        connection = ctx.cluster.digest if ctx.cluster is not None else ""
-        ctx.reconciler.manifests.put(ctx.target, (connection, result.revision), result.manifest)
+        ctx.reconciler.manifests.put(
+            ctx.target, ctx.manifest_version(result.revision), result.manifest
+        )
     try:
         ctx.status.inventory = inventory(result.manifest)
         fill_install_plan(ctx.status.plan, result.manifest, ctx.spec.target_namespace)

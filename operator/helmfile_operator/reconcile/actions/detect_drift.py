@@ -18,8 +18,7 @@ def drift_mode(ctx: ReleaseContext) -> DriftMode:
 async def _manifest(ctx: ReleaseContext) -> str | None:
     """The manifest of the deployed revision, decoded once per revision (cached)."""
     assert ctx.storage is not None
-    connection = ctx.cluster.digest if ctx.cluster is not None else ""
-    cached = ctx.reconciler.manifests.get(ctx.target, (connection, ctx.storage.revision))
+    cached = ctx.reconciler.manifests.get(ctx.target, ctx.manifest_version(ctx.storage.revision))
     if cached is not None:
         return cached
     try:
@@ -28,7 +27,7 @@ async def _manifest(ctx: ReleaseContext) -> str | None:
         return None
     if stored is None:
         return None
-    ctx.reconciler.manifests.put(ctx.target, (connection, stored.revision), stored.manifest)
+    ctx.reconciler.manifests.put(ctx.target, ctx.manifest_version(stored.revision), stored.manifest)
     return stored.manifest
 
 
