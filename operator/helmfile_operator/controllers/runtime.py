@@ -95,14 +95,11 @@ def summary(body: Body) -> tuple[Any, ...]:
 def indexed(body: Body) -> IndexedRelease:
     metadata = body.get("metadata") or {}
     spec = body.get("spec") or {}
-    status_conditions = (body.get("status") or {}).get("conditions") or []
     return IndexedRelease(
         ready=body_is_ready(body),
         needs=tuple(spec.get("needs") or ()),
         state=(metadata.get("labels") or {}).get(STATE_LABEL),
-        drifted=any(
-            c.get("type") == "Drifted" and c.get("status") == "True" for c in status_conditions
-        ),
+        drifted=(conditions.body_condition(body, conditions.DRIFTED) or {}).get("status") == "True",
         target=release_target(str(metadata.get("namespace") or ""), spec),
         created=str(metadata.get("creationTimestamp") or ""),
         awaiting_approval=((body.get("status") or {}).get("plan") or {}).get("phase")

@@ -96,12 +96,18 @@ def mark_stalled(
     return remove(conditions, RECONCILING)
 
 
+def body_condition(body: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    """A condition of an object as the API sent it (no model built: states read hundreds)."""
+    found: Mapping[str, Any] | None = next(
+        (c for c in (body.get("status") or {}).get("conditions") or [] if c.get("type") == type_),
+        None,
+    )
+    return found
+
+
 def body_is_ready(body: Mapping[str, Any]) -> bool:
     """Ready=True for the object's current generation (what `needs` waits for)."""
-    status = body.get("status") or {}
     generation = (body.get("metadata") or {}).get("generation")
-    if status.get("observedGeneration") != generation:
+    if (body.get("status") or {}).get("observedGeneration") != generation:
         return False
-    return any(
-        c.get("type") == READY and c.get("status") == "True" for c in status.get("conditions") or []
-    )
+    return (body_condition(body, READY) or {}).get("status") == "True"

@@ -188,7 +188,8 @@ class BodyCache:
         return len(self._bodies)
 
     def seen(self, body: Mapping[str, Any]) -> None:
-        """A body from the watch (which delivers every change, in order)."""
+        """A body from the watch (which delivers every change, in order). The event of our own
+        write brings the version `wrote` already keeps: not encoded again."""
         self._store(body, only_newer=False)
 
     def wrote(self, body: Mapping[str, Any] | None) -> None:
@@ -220,6 +221,8 @@ class BodyCache:
                 return
             if (entry[0] or 0) >= version:
                 return
+        elif version is not None and (self._bodies.get(key) or (None,))[0] == version:
+            return  # the same version: the same body
         self._bodies[key] = (version, json.dumps(body, separators=(",", ":")).encode())
 
 

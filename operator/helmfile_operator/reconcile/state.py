@@ -407,7 +407,7 @@ def _rollout_child(child: dict[str, Any]) -> RolloutChild:
     spec = child.get("spec") or {}
     current = child_status.get("observedGeneration") == child["metadata"].get("generation")
     hold = child_status.get("rolloutHold")
-    stalled = any(c.get("type") == conditions.STALLED for c in child_status.get("conditions") or [])
+    stalled = conditions.body_condition(child, conditions.STALLED) is not None
     return RolloutChild(
         name=child["metadata"]["name"],
         release_id=f"{spec.get('targetNamespace')}/{spec.get('releaseName')}",
@@ -537,9 +537,8 @@ def _summarise(
         # The few fields a summary shows, read from the body as is: a state of 1000 releases
         # would otherwise build 1000 full status models on every pass.
         child_status = child.get("status") or {}
-        found = {c.get("type"): c for c in child_status.get("conditions") or []}
         ready = conditions.body_is_ready(child)
-        drifted = found.get(conditions.DRIFTED) or {}
+        drifted = conditions.body_condition(child, conditions.DRIFTED) or {}
         spec = child.get("spec") or {}
         summaries.append(
             ReleaseSummary(
@@ -549,7 +548,9 @@ def _summarise(
                 revision=child_status.get("revision"),
                 chart_version=child_status.get("chartVersion"),
                 drifted=drifted.get("status") == "True",
-                message=str((found.get(conditions.READY) or {}).get("message") or ""),
+                message=str(
+                    (conditions.body_condition(child, conditions.READY) or {}).get("message") or ""
+                ),
                 cluster=(child_status.get("cluster") or {}).get("name"),
             )
         )
@@ -557,12 +558,13 @@ def _summarise(
             counts.disabled += 1
         if ready:
             counts.ready += 1
-        elif conditions.STALLED in found:
+        elif conditions.body_condition(child, conditions.STALLED) is not None:
             counts.failed += 1
             stalled.append(child["metadata"]["name"])
         else:
             counts.pending += 1
-            running = str((found.get(conditions.RECONCILING) or {}).get("reason") or "")
+            reconciling = conditions.body_condition(child, conditions.RECONCILING) or {}
+            running = str(reconciling.get("reason") or "")
             name = child["metadata"]["name"]
             not_ready.append(f"{name} ({running})" if running in HELM_IN_PROGRESS else name)
     status.releases = summaries
